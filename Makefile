@@ -1,0 +1,27 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python >= 3.10 needed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edropout-ray train --config jobs/demo.yaml --output runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/step_overhead.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,65 @@
+"""`edropout-ray` (also `python -m edropout_ray`): train, download.
+
+User mistakes become one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import EDropoutError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edropout-ray", description="Prune networks with EDropout.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="prune a model with EDropout and write a report")
+    train.add_argument("--config", help="YAML file of config keys (see the README)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key (repeatable); the value is read as YAML")
+    train.add_argument("--output", required=True, help="folder for report.json, the pruned model, history, plot")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
+    download.add_argument("dataset")
+    download.add_argument("--data-dir", default="data")
+    return parser
+
+
+def _train(args) -> None:
+    from .config import load_config
+    from .report import format_table
+    from .trainer import run
+
+    config = load_config(args.config, args.overrides)
+    report = run(config, args.output, progress=not args.quiet)
+    print(format_table(report))
+    print(f"\nwritten to {args.output}/ (report.json, pruned model, history.parquet, training.png)")
+
+
+def _download(args) -> None:
+    from .data import download_dataset
+
+    path = download_dataset(args.dataset, args.data_dir)
+    print(f"{args.dataset} is in {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        {"train": _train, "download": _download}[args.command](args)
+    except (EDropoutError, FileNotFoundError, ValueError) as error:
+        print(f"edropout-ray: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edropout-ray: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

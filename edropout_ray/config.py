@@ -1,0 +1,196 @@
+"""One typed config for a run, validated once at the edge (YAML file plus `--set key=value`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+_CHOICES = {
+    "optimizer": ("adadelta", "sgd", "adam"),
+    "scoring": ("auto", "loop", "vmap"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass
+class Config:
+    """Every knob of a run. Defaults follow the paper (ALGORITHM.md) except the budget."""
+
+    # what to prune, on what
+    model: str = "edropout_ray.models:small_cnn"
+    dataset: str = "digits"
+    data_dir: str = "data"
+    image_size: int | None = None
+    augment: bool = True
+    val_fraction: float = 0.1
+    # budget
+    epochs: int = 30
+    max_steps_per_epoch: int | None = None
+    batch_size: int = 128
+    # population and evolution
+    population_size: int = 8
+    temperature: float = 0.0
+    p_init: float = 0.5
+    mutation_factor: float = 0.9
+    crossover_rate: float = 0.9
+    rescore_parents: bool = False
+    energy: str = "margin"
+    kappa: float = 10.0
+    # pruning schedule: freeze the best state once it is stable, from this epoch on
+    converge_after: int | None = None
+    converge_patience: int = 10
+    # learner
+    optimizer: str = "adadelta"
+    lr: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    lr_step: int = 50
+    lr_gamma: float = 0.1
+    # run
+    seed: int = 0
+    dense_baseline: bool = False
+    scoring: str = "auto"
+    device: str = "auto"
+    num_workers: int = 0
+    # distributed runtime (0 = one process)
+    shards: int = 0
+    overlap: bool = False
+    sync_every: int = 1
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_ranges()
+
+    def _check_types(self) -> None:
+        hints = typing.get_type_hints(Config)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = hints[f.name]
+            coerced = _coerce(f.name, value, expected)
+            object.__setattr__(self, f.name, coerced)
+
+    def _check_ranges(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+             f"max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}")
+        need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        need(self.population_size >= 4,
+             f"population_size must be >= 4 (the evolution operator draws 3 donors besides each member), "
+             f"got {self.population_size}")
+        need(self.temperature >= 0, f"temperature must be >= 0 (0 = greedy selection), got {self.temperature}")
+        for name in ("p_init", "mutation_factor", "crossover_rate"):
+            value = getattr(self, name)
+            need(0 <= value <= 1, f"{name} must be in [0, 1], got {value}")
+        need(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        need(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
+        need(self.converge_after is None or self.converge_after >= 0,
+             f"converge_after must be an epoch index >= 0 or null (never freeze), got {self.converge_after}")
+        need(self.converge_patience >= 1, f"converge_patience must be >= 1, got {self.converge_patience}")
+        need(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.lr_step >= 1, f"lr_step (epochs between learning-rate decays) must be >= 1, got {self.lr_step}")
+        need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        need(self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}")
+        need(self.shards >= 0, f"shards must be >= 0 (0 = one process), got {self.shards}")
+        need(self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every}")
+        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        for name, allowed in _CHOICES.items():
+            need(getattr(self, name) in allowed,
+                 f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        need(":" in self.model or self.model.replace("_", "").isalnum(),
+             f"model must be a torchvision model name or 'package.module:callable', got {self.model!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = [key for key in values if key not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown config key {', '.join(hints)}; see the README's config reference")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "Config":
+        return Config.from_dict(self.to_dict() | changes)
+
+
+def _coerce(name: str, value, expected):
+    """Accept a value of the declared type (ints for floats too); anything else is an error."""
+    origin = typing.get_origin(expected)
+    options = typing.get_args(expected) if origin in (typing.Union, types.UnionType) else (expected,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{name} must not be null")
+    for option in options:
+        if option is type(None):
+            continue
+        if option is bool:
+            if isinstance(value, bool):
+                return value
+        elif option is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif option is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif option is str:
+            if isinstance(value, str):
+                return value
+        elif isinstance(value, option):
+            return value
+    wanted = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'key=value' with the value read as YAML (so 0.5, true, null and [1, 2] work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({error})") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value, got {type(loaded).__name__}")
+        values.update(loaded)
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    return Config.from_dict(values)

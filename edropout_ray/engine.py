@@ -1,0 +1,106 @@
+"""One EDropout training step: evolve, score, select, then backprop with the best state.
+
+The scorer is pluggable (`(states, x, y) -> energies`): in one process it is the pruning space's
+vectorized score; on Ray it scatters the states over shard actors. Same step, two runtimes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import Config
+from .learner import Learner
+from .population import Population, reference_operator, repair_empty_groups
+from .space import PruningSpace
+
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class StepRecord:
+    step: int
+    epoch: int
+    best_energy: float
+    mean_energy: float
+    kept_fraction: float
+    accepted: int
+    loss: float
+    accuracy: float
+    frozen: bool
+
+
+class EDropoutEngine:
+    """Holds the population, the learner and the pruning schedule of one run."""
+
+    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None):
+        self.space = space
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.population = Population.initial(config.population_size, space.num_units, config.p_init,
+                                             space.group_sizes, self.generator)
+        self.learner = Learner(space, config)
+        self.scorer = scorer or self.local_scorer
+        self.final_mask: torch.Tensor | None = None
+        self.recent_best: deque[float] = deque(maxlen=config.converge_patience)
+        self.step_count = 0
+
+    def local_scorer(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.space.score(states, x, y, energy=self.config.energy, kappa=self.config.kappa)
+
+    @property
+    def frozen(self) -> bool:
+        return self.final_mask is not None
+
+    @property
+    def best_state(self) -> torch.Tensor:
+        return self.final_mask if self.frozen else self.population.best_state
+
+    def propose(self) -> torch.Tensor:
+        children = reference_operator(self.population.states, self.config.mutation_factor,
+                                      self.config.crossover_rate, self.generator)
+        return repair_empty_groups(children, self.space.group_sizes, self.generator)
+
+    def evolve(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """One generation on this batch; returns how many children were accepted."""
+        if not self.population.scored:
+            self.population.energies = self.scorer(self.population.states, x, y).float()
+        children = self.propose()
+        if self.config.rescore_parents:
+            both = self.scorer(torch.cat([self.population.states, children]), x, y).float()
+            self.population.energies, child_energies = both.split(len(children))
+        else:
+            child_energies = self.scorer(children, x, y).float()
+        accepted = self.population.select(children, child_energies, self.config.temperature, self.generator)
+        return int(accepted.sum())
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
+        accepted = 0 if self.frozen else self.evolve(x, y)
+        state = self.best_state
+        result = self.learner.step(state, x, y)
+        self.step_count += 1
+        energies = self.population.energies
+        record = StepRecord(
+            step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
+            mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
+            accepted=accepted, loss=result.loss, accuracy=result.accuracy, frozen=self.frozen,
+        )
+        self._check_convergence(epoch)
+        return record
+
+    def _check_convergence(self, epoch: int) -> None:
+        """Early state convergence: freeze once the best energy has not changed for `patience` batches."""
+        if self.frozen or self.config.converge_after is None:
+            return
+        self.recent_best.append(self.population.best_energy)
+        if epoch < self.config.converge_after or len(self.recent_best) < self.recent_best.maxlen:
+            return
+        if all(math.isclose(e, self.recent_best[0], rel_tol=0, abs_tol=0) for e in self.recent_best):
+            self.final_mask = self.population.best_state.clone()
+
+    def end_epoch(self) -> None:
+        self.learner.end_epoch()

@@ -1,0 +1,28 @@
+"""User-facing errors: each message says what is wrong and how to fix it.
+
+The CLI turns any `EDropoutError` into one clean line and a non-zero exit.
+"""
+
+
+class EDropoutError(Exception):
+    """Base class for mistakes a user can fix (bad config, missing data, ...)."""
+
+
+class ConfigError(EDropoutError, ValueError):
+    """A config field is unknown, of the wrong type or out of range."""
+
+
+class UnsupportedModelError(EDropoutError):
+    """The model cannot be pruned safely (a layer kind the pruning space cannot remove)."""
+
+
+class NothingToPruneError(EDropoutError):
+    """The model has no unit that can be removed without touching its outputs."""
+
+
+class NonFiniteLossError(EDropoutError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(EDropoutError):
+    """A checkpoint is corrupt or does not match the run it is loaded into."""

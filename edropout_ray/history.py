@@ -1,0 +1,48 @@
+"""Per-step and per-epoch history as Parquet, and the one plot of a run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+HISTORY_FILE = "history.parquet"
+EPOCHS_FILE = "epochs.parquet"
+PLOT_FILE = "training.png"
+
+
+def write_rows(rows: list, path: Path) -> None:
+    dicts = [asdict(r) if is_dataclass(r) else dict(r) for r in rows]
+    pq.write_table(pa.Table.from_pylist(dicts), path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def plot_history(steps: list[dict], epochs: list[dict], path: Path, dense_epochs: list[dict] | None = None) -> None:
+    """Energy and kept fraction over steps; validation top-1 per epoch (dense baseline beside it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_energy, ax_kept, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
+    x = [r["step"] for r in steps]
+    ax_energy.plot(x, [r["best_energy"] for r in steps], label="best")
+    ax_energy.plot(x, [r["mean_energy"] for r in steps], label="population mean", alpha=0.7)
+    ax_energy.set(xlabel="step", ylabel="energy", title="Energy (lower is better)")
+    ax_energy.legend()
+    ax_kept.plot(x, [r["kept_fraction"] for r in steps], color="tab:green")
+    ax_kept.set(xlabel="step", ylabel="fraction of units kept", title="Best state's kept units", ylim=(0, 1.05))
+    ax_acc.plot([r["epoch"] for r in epochs], [r["val_top1"] for r in epochs], marker="o", label="EDropout")
+    if dense_epochs:
+        ax_acc.plot([r["epoch"] for r in dense_epochs], [r["val_top1"] for r in dense_epochs], marker="s",
+                    label="dense baseline")
+    ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Accuracy per epoch")
+    ax_acc.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

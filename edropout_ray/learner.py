@@ -1,0 +1,106 @@
+"""Backprop with a state applied, leaving every pruned unit exactly as it was.
+
+Masking the forward zeroes the pruned units' gradients, but weight decay and momentum would still
+move them. So the learner snapshots the pruned entries (parameters, optimizer state, normalization
+statistics) and puts them back after the step: a unit pruned now can return later unchanged,
+the dropout that turns into pruning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import Config
+from .errors import NonFiniteLossError
+from .space import PruningSpace
+
+
+def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
+    if config.optimizer == "adadelta":
+        # rho and eps as in the paper's reference setup
+        return torch.optim.Adadelta(params, lr=config.lr, rho=0.9, eps=1e-6, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    accuracy: float
+
+
+class Learner:
+    """Owns the weights' optimizer and learning-rate schedule for one PruningSpace."""
+
+    def __init__(self, space: PruningSpace, config: Config):
+        self.space = space
+        self.model = space.model
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step,
+                                                         gamma=config.lr_gamma)
+        self._cached_state: torch.Tensor | None = None
+        self._cached_masks: dict[str, torch.Tensor] = {}
+
+    def _pruned_masks(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
+        """name -> True where the entry belongs to a pruned unit (cached: the state rarely changes)."""
+        if self._cached_state is None or not torch.equal(self._cached_state, state):
+            keep = self.space.keep_masks(state)
+            self._cached_masks = {name: ~mask for name, mask in keep.items() if not bool(mask.all())}
+            self._cached_state = state.clone()
+        return self._cached_masks
+
+    def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        self.model.train()
+        pruned = self._pruned_masks(state)
+        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        saved = {name: tensors[name].detach()[mask].clone() for name, mask in pruned.items()}
+        saved_optim = self._optimizer_slices(tensors, pruned)
+
+        logits = self.space.masked_forward(state, x)
+        loss = F.cross_entropy(logits, y)
+        if not math.isfinite(loss.item()):
+            self._restore(tensors, pruned, saved, saved_optim)
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()}; lower lr (now {self.optimizer.param_groups[0]['lr']}) "
+                "or check the input data for NaN values"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._restore(tensors, pruned, saved, saved_optim)
+        accuracy = (logits.detach().argmax(dim=1) == y).float().mean().item()
+        return StepResult(loss=loss.item(), accuracy=accuracy)
+
+    def _optimizer_slices(self, tensors, pruned) -> dict[tuple[str, str], torch.Tensor | None]:
+        """Pruned entries of per-parameter optimizer state; None where the state does not exist yet."""
+        slices = {}
+        for name, mask in pruned.items():
+            param = tensors[name]
+            if not isinstance(param, torch.nn.Parameter):
+                continue
+            state = self.optimizer.state.get(param, {})
+            for key in ("momentum_buffer", "square_avg", "acc_delta", "exp_avg", "exp_avg_sq"):
+                value = state.get(key)
+                slices[(name, key)] = None if value is None else value[mask].clone()
+        return slices
+
+    @torch.no_grad()
+    def _restore(self, tensors, pruned, saved, saved_optim) -> None:
+        for name, mask in pruned.items():
+            tensors[name][mask] = saved[name]
+        for (name, key), old in saved_optim.items():
+            value = self.optimizer.state.get(tensors[name], {}).get(key)
+            if value is not None:
+                value[pruned[name]] = 0 if old is None else old
+
+    def end_epoch(self) -> None:
+        self.scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]

@@ -1,0 +1,62 @@
+"""Models by name: a torchvision architecture, or any `package.module:callable` returning an nn.Module.
+
+Also two small built-in architectures for the embedded digits data set and for tests.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torchvision
+from torch import nn
+
+from .errors import ConfigError
+from .imports import import_object
+
+
+def small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """Three conv blocks and a two-layer head; the demo's default on 8x8 digits."""
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        *block(in_channels, 32), *block(32, 64), nn.MaxPool2d(2),
+        *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(128, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes),
+    )
+
+
+def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 8, hidden: int = 128) -> nn.Module:
+    """Two hidden layers over the flattened image."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(in_channels * image_size * image_size, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+    )
+
+
+def is_torchvision_name(spec: str) -> bool:
+    return ":" not in spec
+
+
+def build_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Build with random weights (nothing is downloaded)."""
+    if is_torchvision_name(spec):
+        available = torchvision.models.list_models(module=torchvision.models)
+        if spec not in available:
+            raise ConfigError(
+                f"unknown torchvision model {spec!r}; pick a classifier from torchvision.models "
+                f"(e.g. resnet18, resnet50, alexnet, squeezenet1_1, vgg11_bn, mobilenet_v2) or give "
+                "'package.module:callable'"
+            )
+        return torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
+    factory = import_object(spec, what="model")
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    try:
+        accepted = inspect.signature(factory).parameters
+        kwargs = {k: v for k, v in offered.items() if k in accepted}
+    except (TypeError, ValueError):
+        kwargs = {}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -1,0 +1,101 @@
+"""The run's report: what pruning cost, measured on the exported model, as JSON and as a table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .evaluation import evaluate, random_state
+from .export import count_macs, count_parameters, load_exported, save_exported
+from .space import PruningSpace
+
+if TYPE_CHECKING:
+    from .trainer import RunSetup
+
+REPORT_FILE = "report.json"
+RANDOM_PRUNE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup", output: Path, *,
+                 dense: dict | None, converged_at_step: int | None, edropout_seconds: float) -> dict:
+    device = setup.device
+    test = setup.test_loader
+    final = evaluate(space, final_mask, test, device)
+    all_kept = evaluate(space, torch.ones(space.num_units, dtype=torch.bool), test, device)
+    generator = torch.Generator().manual_seed(setup.config.seed + 1)
+    random_masks = {f"{int(f * 100)}": evaluate(space, random_state(space, f, generator), test, device)
+                    for f in RANDOM_PRUNE_FRACTIONS}
+
+    example = space.example_inputs
+    pruned_model = space.export(final_mask).eval()
+    path = save_exported(pruned_model, example, output)
+    export_error = _export_mismatch(space, final_mask, path, setup)
+    params_total, params_kept = count_parameters(space.model), count_parameters(pruned_model)
+    macs_total, macs_kept = count_macs(space.model, example), count_macs(pruned_model, example)
+
+    report = {
+        "top1": final["top1"], "top3": final["top3"], "top5": final["top5"], "test_loss": final["loss"],
+        "units_total": space.num_units, "units_kept": int(final_mask.sum()),
+        "params_total": params_total, "params_kept": params_kept,
+        "params_kept_fraction": params_kept / params_total,
+        "macs_total": macs_total, "macs_kept": macs_kept, "macs_kept_fraction": macs_kept / macs_total,
+        "all_units_kept": all_kept,
+        "random_masks": random_masks,
+        "exported_model": path.name,
+        "export_max_abs_diff": export_error,
+        "converged_at_step": converged_at_step,
+        "edropout_seconds": edropout_seconds,
+        "model": setup.config.model, "dataset": setup.config.dataset,
+    }
+    if dense is not None:
+        report |= {"dense_top1": dense["test"]["top1"], "dense_top3": dense["test"]["top3"],
+                   "dense_top5": dense["test"]["top5"], "dense_test_loss": dense["test"]["loss"],
+                   "top1_drop": dense["test"]["top1"] - final["top1"],
+                   "top5_drop": dense["test"]["top5"] - final["top5"]}
+    return report
+
+
+@torch.no_grad()
+def _export_mismatch(space: PruningSpace, state: torch.Tensor, path: Path, setup: "RunSetup") -> float:
+    """Largest output difference between the saved model (loaded as a user would) and the masked one."""
+    x, _ = next(iter(setup.test_loader))
+    x = x.to(setup.device)
+    loaded = load_exported(path)
+    space.model.eval()
+    masked = space.masked_forward(state, x)
+    return float((loaded(x) - masked).abs().max())
+
+
+def write_report(report: dict, output: Path) -> Path:
+    path = Path(output) / REPORT_FILE
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def format_table(report: dict) -> str:
+    """The report as a plain-text table, one row per network evaluated on the test set."""
+    rows = [("EDropout, final mask", report["top1"], report["top5"], report["test_loss"],
+             f"{report['params_kept']:,} ({report['params_kept_fraction']:.1%})")]
+    kept = report["all_units_kept"]
+    rows.append(("same weights, all units kept", kept["top1"], kept["top5"], kept["loss"],
+                 f"{report['params_total']:,} (100.0%)"))
+    for fraction, metrics in report["random_masks"].items():
+        rows.append((f"random mask, {fraction}% units pruned", metrics["top1"], metrics["top5"], metrics["loss"], ""))
+    if "dense_top1" in report:
+        rows.append(("dense baseline (no pruning)", report["dense_top1"], report["dense_top5"],
+                     report["dense_test_loss"], f"{report['params_total']:,} (100.0%)"))
+    header = f"{'network':<34} {'top-1':>7} {'top-5':>7} {'loss':>7}  parameters"
+    lines = [header, "-" * len(header)]
+    lines += [f"{name:<34} {t1:>6.2f}% {t5:>6.2f}% {loss:>7.3f}  {params}" for name, t1, t5, loss, params in rows]
+    lines.append("")
+    lines.append(f"units kept {report['units_kept']}/{report['units_total']}; MACs kept {report['macs_kept']:,} of "
+                 f"{report['macs_total']:,} ({report['macs_kept_fraction']:.1%})")
+    if "top1_drop" in report:
+        lines.append(f"top-1 drop against the dense baseline: {report['top1_drop']:+.2f} points "
+                     f"(top-5: {report['top5_drop']:+.2f})")
+    lines.append(f"exported model: {report['exported_model']} (max |output difference| vs masked: "
+                 f"{report['export_max_abs_diff']:.2e})")
+    return "\n".join(lines)

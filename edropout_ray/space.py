@@ -1,0 +1,324 @@
+"""The pruning space of a model: its units, how they are coupled, and masked forwards.
+
+A *unit* is an output channel of a convolution or an output neuron of a linear layer. Units that
+must be removed together (residual additions, concatenations, depthwise convs, normalization
+layers) are found with Torch-Pruning's dependency graph; one unit of the space is one channel
+of such a coupled group, so every state is physically removable.
+
+A state is applied by zeroing, in every layer of a group, the slices of the pruned units: their
+output slices (filter, bias, normalization affine) and the input slices of the layers that read
+them. The consumers then ignore those channels entirely, which is exactly what removing them
+does, whatever activation sits in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .energies import Energy, resolve_energy
+from .errors import NothingToPruneError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """Coupled units: channel k of every layer in `layers` is one unit (state bit start + k)."""
+
+    root: str
+    start: int
+    size: int
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _SliceIndex:
+    """For one parameter or buffer: which state bit each slice along dims 0 and 1 follows.
+
+    Index `num_units` points at an always-one bit (slices no unit controls).
+    """
+
+    name: str
+    out_index: torch.Tensor | None
+    in_index: torch.Tensor | None
+    is_buffer: bool
+
+
+def _is_depthwise(conv: nn.Module) -> bool:
+    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+class _GroupReader:
+    """Turns Torch-Pruning groups into slice indices, refusing anything it cannot mask exactly."""
+
+    def __init__(self, model: nn.Module, graph: tp.DependencyGraph):
+        self.model = model
+        self.graph = graph
+        self.names = {module: name for name, module in model.named_modules()}
+
+    def feeds_output(self, group) -> bool:
+        """True if removing these channels would remove model outputs (found by the graph, not by type)."""
+        for item in group.items:
+            node = item.dep.target
+            if not self.graph.is_out_channel_pruning_fn(item.dep.handler):
+                continue
+            if isinstance(node.module, tp.ops._OutputOp) or not node.outputs:
+                return True
+        return False
+
+    def slices(self, group, start: int) -> tuple[list[tuple[str, int, list[int], list[int], bool]], str | None]:
+        """Return ([(tensor name, dim, idxs, units, is_buffer)], reason it cannot be masked or None)."""
+        found = []
+        for item in group.items:
+            module = item.dep.target.module
+            if not isinstance(module, nn.Module) or not _has_own_tensors(module):
+                if isinstance(module, nn.Parameter):
+                    return [], "it touches a bare nn.Parameter"
+                continue  # parameter-free ops: activations, pooling, add, cat, reshape
+            name = self.names.get(module)
+            units = [start + r for r in item.root_idxs]
+            pruner = self.graph.get_pruner_of_module(module)
+            is_out = item.dep.handler != getattr(pruner, "prune_in_channels", None) or isinstance(module, _NORMS)
+            if isinstance(module, _CONVS):
+                if module.groups > 1 and not _is_depthwise(module):
+                    return [], f"grouped convolution {name!r} (groups={module.groups})"
+                if is_out:
+                    found.append((f"{name}.weight", 0, item.idxs, units, False))
+                    if module.bias is not None:
+                        found.append((f"{name}.bias", 0, item.idxs, units, False))
+                elif not _is_depthwise(module):
+                    found.append((f"{name}.weight", 1, item.idxs, units, False))
+            elif isinstance(module, nn.Linear):
+                if is_out:
+                    found.append((f"{name}.weight", 0, item.idxs, units, False))
+                    if module.bias is not None:
+                        found.append((f"{name}.bias", 0, item.idxs, units, False))
+                else:
+                    found.append((f"{name}.weight", 1, item.idxs, units, False))
+            elif isinstance(module, _NORMS):
+                for tensor_name, _ in module.named_parameters(recurse=False):
+                    found.append((f"{name}.{tensor_name}", 0, item.idxs, units, False))
+                for tensor_name in ("running_mean", "running_var"):
+                    if getattr(module, tensor_name, None) is not None:
+                        found.append((f"{name}.{tensor_name}", 0, item.idxs, units, True))
+            else:
+                return [], f"layer {name!r} of type {type(module).__name__}"
+        return found, None
+
+
+def _has_own_tensors(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(
+        b is not None for _, b in module.named_buffers(recurse=False))
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def scoring_mode(model: nn.Module):
+    """Score without side effects: batch statistics are used but never stored, dropout is off.
+
+    Normalization layers keep the model's mode (batch statistics while training, running
+    statistics in eval), so an energy sees the network as the learner's step will.
+    """
+    changed_norms = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats and m.training]
+    changed_dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    for m in changed_norms:
+        m.track_running_stats = False
+    for m in changed_dropouts:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in changed_norms:
+            m.track_running_stats = True
+        for m in changed_dropouts:
+            m.train()
+
+
+class PruningSpace:
+    """The units of `model` and forwards of the model with a state applied.
+
+    `example_inputs` is one batch of the model's input shape, used to trace the graph.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, scoring: str = "auto"):
+        if scoring not in ("auto", "loop", "vmap"):
+            raise ValueError(f"scoring must be 'auto', 'loop' or 'vmap', got {scoring!r}")
+        self.model = model
+        self.example_inputs = example_inputs[:2].detach().clone()
+        self.scoring = scoring
+        self.groups: list[UnitGroup] = []
+        self.skipped: list[tuple[str, str]] = []
+        self._slices: list[_SliceIndex] = []
+        self._build()
+
+    # ---- discovery -------------------------------------------------------------------------
+    def _build(self) -> None:
+        with _eval_mode(self.model), torch.enable_grad():
+            try:
+                graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs,
+                                                              verbose=False)
+            except Exception as error:  # the tracer fails in many ways on exotic models
+                raise UnsupportedModelError(
+                    f"Torch-Pruning could not trace {type(self.model).__name__}: {error}. Models must be "
+                    "traceable by autograd with the given example input shape."
+                ) from error
+        reader = _GroupReader(self.model, graph)
+        collected: dict[tuple[str, int], torch.Tensor] = {}
+        buffers: set[str] = set()
+        start = 0
+        for group in graph.get_all_groups(root_module_types=(_CONVS + (nn.Linear,))):
+            root = reader.names[group.items[0].dep.target.module]
+            if reader.feeds_output(group):
+                continue
+            found, reason = reader.slices(group, start)
+            if reason is not None:
+                self.skipped.append((root, reason))
+                log.warning("units of %s are kept unpruned: cannot remove them exactly (%s)", root, reason)
+                continue
+            size = len(group.items[0].idxs)
+            self._record(found, collected, buffers)
+            layers = tuple(dict.fromkeys(n.rsplit(".", 1)[0] for n, *_ in found))
+            self.groups.append(UnitGroup(root=root, start=start, size=size, layers=layers))
+            start += size
+        self.num_units = start
+        if self.num_units == 0:
+            why = "; ".join(f"{root}: {reason}" for root, reason in self.skipped) or "every channel feeds the output"
+            raise NothingToPruneError(
+                f"{type(self.model).__name__} has nothing to prune ({why}). EDropout needs at least one "
+                "convolution or linear layer whose outputs are not the model's outputs."
+            )
+        self._slices = self._finalize(collected, buffers)
+
+    def _record(self, found, collected, buffers) -> None:
+        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        for name, dim, idxs, units, is_buffer in found:
+            key = (name, dim)
+            if key not in collected:
+                collected[key] = torch.full((tensors[name].shape[dim],), -1, dtype=torch.long)
+            index = collected[key]
+            new = torch.tensor(units, dtype=torch.long)
+            at = torch.tensor(idxs, dtype=torch.long)
+            clash = (index[at] >= 0) & (index[at] != new)
+            if clash.any():
+                raise UnsupportedModelError(f"{name} is coupled to two different unit groups; it cannot be masked")
+            index[at] = new
+            if is_buffer:
+                buffers.add(name)
+
+    def _finalize(self, collected, buffers) -> list[_SliceIndex]:
+        names = dict.fromkeys(name for name, _ in collected)
+        slices = []
+        for name in names:
+            indices = []
+            for dim in (0, 1):
+                index = collected.get((name, dim))
+                if index is not None:
+                    index = torch.where(index < 0, self.num_units, index)
+                indices.append(index)
+            slices.append(_SliceIndex(name, indices[0], indices[1], name in buffers))
+        return slices
+
+    @property
+    def group_sizes(self) -> list[int]:
+        return [g.size for g in self.groups]
+
+    def describe(self) -> str:
+        lines = [f"{self.num_units} units in {len(self.groups)} coupled groups"]
+        lines += [f"  {g.root}: {g.size} units over {len(g.layers)} layers" for g in self.groups]
+        lines += [f"  kept unpruned: {root} ({reason})" for root, reason in self.skipped]
+        return "\n".join(lines)
+
+    # ---- masks -----------------------------------------------------------------------------
+    def _check_states(self, states: torch.Tensor) -> torch.Tensor:
+        if states.shape[-1] != self.num_units:
+            raise ValueError(f"a state has {self.num_units} bits for this model, got shape {tuple(states.shape)}")
+        return states
+
+    def _slice_masks(self, states: torch.Tensor, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+        """name -> mask of shape [S, *tensor.shape] broadcastable (ones where kept)."""
+        states = self._check_states(states).to(device)
+        extended = torch.cat([states.to(dtype), torch.ones(states.shape[0], 1, dtype=dtype, device=device)], dim=1)
+        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        masks = {}
+        for entry in self._slices:
+            ndim = tensors[entry.name].dim()
+            mask = None
+            for dim, index in ((0, entry.out_index), (1, entry.in_index)):
+                if index is None:
+                    continue
+                shape = [states.shape[0]] + [1] * ndim
+                shape[dim + 1] = -1
+                part = extended[:, index.to(device)].view(shape)
+                mask = part if mask is None else mask * part
+            masks[entry.name] = mask
+        return masks
+
+    def masked_parameters(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameters with the states applied, stacked along a leading dim of size S.
+
+        Differentiable in the model's parameters: the learner's gradients flow through it.
+        """
+        params = dict(self.model.named_parameters())
+        some = next(iter(params.values()))
+        masks = self._slice_masks(states, some.dtype, some.device)
+        return {name: params[name] * mask for name, mask in masks.items() if name in params}
+
+    def keep_masks(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
+        """name -> bool tensor of the tensor's shape, True where an entry belongs to no pruned unit."""
+        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        masks = self._slice_masks(state.unsqueeze(0), torch.float32, next(iter(tensors.values())).device)
+        return {name: mask[0].expand_as(tensors[name]) > 0 for name, mask in masks.items()}
+
+    # ---- forwards --------------------------------------------------------------------------
+    def masked_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the model with `state` applied (gradients flow to the kept weights)."""
+        params = {name: p[0] for name, p in self.masked_parameters(state.unsqueeze(0)).items()}
+        return functional_call(self.model, params, (x,))
+
+    def _use_vmap(self, x: torch.Tensor) -> bool:
+        if self.scoring == "auto":
+            # Measured on a 2-core CPU: a loop of masked forwards beats vmap (DESIGN.md); on GPUs
+            # one batched call fills the device better.
+            return x.device.type == "cuda"
+        return self.scoring == "vmap"
+
+    @torch.no_grad()
+    def logits(self, states: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every state on the batch: [S, B, K], without touching weights or statistics."""
+        states = self._check_states(states)
+        with scoring_mode(self.model):
+            if self._use_vmap(x):
+                stacked = self.masked_parameters(states)
+                return vmap(lambda params: functional_call(self.model, params, (x,)))(stacked)
+            return torch.stack([self.masked_forward(state, x) for state in states])
+
+    def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+              energy: str | Energy = "margin", kappa: float = 10.0) -> torch.Tensor:
+        """Energy of every state on (x, y): Tensor[S], lower is better."""
+        logits = self.logits(states, x)
+        return resolve_energy(energy, kappa)(logits, y, states).detach()
+
+    def export(self, state: torch.Tensor) -> nn.Module:
+        """A physically smaller copy of the model with the pruned units removed."""
+        from .export import prune_physically
+
+        return prune_physically(self, self._check_states(state))
