@@ -25,7 +25,8 @@ def prune_physically(space: "PruningSpace", state: torch.Tensor) -> nn.Module:
     was_training = model.training
     model.eval()  # tracing must not update normalization statistics
     with torch.enable_grad():  # the graph is traced through autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=space.example_inputs, verbose=False)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(space.example_inputs, model),
+                                                      verbose=False)
     modules = dict(model.named_modules())
     state = state.bool().cpu()
     for group in space.groups:
@@ -37,6 +38,13 @@ def prune_physically(space: "PruningSpace", state: torch.Tensor) -> nn.Module:
         graph.get_pruning_group(root, pruner.prune_out_channels, pruned).prune()
     model.train(was_training)
     return model
+
+
+def _like_model(inputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Inputs on the model's device, and in its precision when they are floating point."""
+    some = next(model.parameters())
+    dtype = some.dtype if inputs.is_floating_point() else inputs.dtype
+    return inputs.to(device=some.device, dtype=dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -60,11 +60,14 @@ class Learner:
         tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         saved = {name: tensors[name].detach()[mask].clone() for name, mask in pruned.items()}
         saved_optim = self._optimizer_slices(tensors, pruned)
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}  # small: norm statistics
 
         logits = self.space.masked_forward(state, x)
         loss = F.cross_entropy(logits, y)
         if not math.isfinite(loss.item()):
-            self._restore(tensors, pruned, saved, saved_optim)
+            with torch.no_grad():  # a NaN batch must not poison the running statistics either
+                for name, value in self.model.named_buffers():
+                    value.copy_(buffers[name])
             raise NonFiniteLossError(
                 f"the training loss became {loss.item()}; lower lr (now {self.optimizer.param_groups[0]['lr']}) "
                 "or check the input data for NaN values"

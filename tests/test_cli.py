@@ -1,0 +1,87 @@
+"""The product end to end: `edropout-ray train` on the bundled digits, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from edropout_ray.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    command = [sys.executable, "-m", "edropout_ray", "train", "--config", "jobs/demo.yaml", "--output", str(output),
+               "--set", "epochs=2", "--set", "max_steps_per_epoch=3", "--set", "converge_after=1",
+               "--set", "converge_patience=2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return output, done.stdout, done.stderr
+
+
+@pytest.mark.slow
+def test_train_prints_the_report_table(run_folder):
+    _, stdout, stderr = run_folder
+    for row in ("EDropout, final mask", "same weights, all units kept", "random mask, 50% units pruned",
+                "dense baseline (no pruning)", "top-1 drop against the dense baseline"):
+        assert row in stdout
+    assert "epoch 2/2" in stderr, "per-epoch progress goes to stderr"
+
+
+@pytest.mark.slow
+def test_report_and_artifacts(run_folder):
+    output, _, _ = run_folder
+    report = json.loads((output / "report.json").read_text())
+    assert 0 < report["params_kept"] < report["params_total"]
+    assert 0 < report["macs_kept"] < report["macs_total"]
+    for key in ("top1", "top5", "dense_top1", "test_loss"):
+        assert 0 <= report[key] <= 100 or key == "test_loss"
+    assert set(report["random_masks"]) == {"25", "50", "75"}
+    assert report["export_max_abs_diff"] < 1e-4
+    mask = np.load(output / "final_mask.npy")
+    assert mask.dtype == bool and mask.size == report["units_total"] and mask.sum() == report["units_kept"]
+    steps = pq.read_table(output / "history.parquet").to_pylist()
+    assert len(steps) == 6 and {"best_energy", "mean_energy", "kept_fraction", "loss", "accuracy"} <= set(steps[0])
+    epochs = pq.read_table(output / "epochs.parquet").to_pylist()
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert (output / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_exported_model_loads_without_this_project(run_folder, tmp_path):
+    """A user with only torch installed: no edropout_ray import, run from an unrelated folder."""
+    output, _, _ = run_folder
+    report = json.loads((output / "report.json").read_text())
+    script = textwrap.dedent(f"""
+        import sys, torch
+        model = torch.export.load({str(output / report['exported_model'])!r}).module()
+        out = model(torch.rand(5, 1, 8, 8))
+        params = sum(p.numel() for p in model.parameters())
+        assert "edropout_ray" not in sys.modules
+        print(tuple(out.shape), params)
+    """)
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(5,", "10)", str(report["params_kept"])]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "population_size=2"], "population_size must be >= 4"),
+    (["--set", "modle=resnet18"], "did you mean 'model'"),
+    (["--set", "dataset=cifar10", "--set", "data_dir=/nonexistent/data"], "download"),
+    (["--set", "model=resnet9000"], "unknown torchvision model"),
+    (["--set", "model=edropout_ray.models:nothing_here"], "no attribute"),
+])
+def test_user_mistakes_are_one_clean_error(args, words, tmp_path, capsys):
+    code = main(["train", "--output", str(tmp_path / "out"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert words in err and "Traceback" not in err
+    assert err.startswith("edropout-ray: error: ") and err.count("edropout-ray: error") == 1, err

@@ -1,0 +1,55 @@
+"""Config validation at the edge: every field checked, errors that name the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from edropout_ray.config import Config, load_config, parse_override
+from edropout_ray.errors import ConfigError
+
+
+def test_defaults_are_valid_and_follow_the_paper():
+    config = Config()
+    assert (config.population_size, config.p_init, config.mutation_factor, config.crossover_rate, config.kappa) == \
+        (8, 0.5, 0.9, 0.9, 10.0)
+    assert config.energy == "margin" and config.optimizer == "adadelta"
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 3\ntemperature: 0.5\nconverge_after: 1\n")
+    config = load_config(path, ["temperature=2", "converge_after=null", "dense_baseline=true"])
+    assert config.epochs == 3 and config.temperature == 2.0 and config.converge_after is None
+    assert config.dense_baseline is True
+
+
+@pytest.mark.parametrize("override, words", [
+    ("population_size=3", "population_size must be >= 4"),
+    ("p_init=1.5", "p_init must be in [0, 1]"),
+    ("temperature=-1", "temperature must be >= 0"),
+    ("epochs=two", "epochs must be int"),
+    ("optimizer=rmsprop", "optimizer must be one of adadelta, sgd, adam"),
+    ("dense_baseline=maybe", "dense_baseline must be bool"),
+    ("lr=0", "lr must be a positive number"),
+    ("converge_after=-2", "converge_after must be an epoch index"),
+])
+def test_invalid_values_are_named(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert words in str(error.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="did you mean 'population_size'"):
+        load_config(None, ["populaton_size=8"])
+
+
+def test_override_syntax_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("epochs")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
