@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from .errors import EDropoutError
+from .errors import ConfigError, EDropoutError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,7 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of config keys (see the README)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key (repeatable); the value is read as YAML")
-    train.add_argument("--output", required=True, help="folder for report.json, the pruned model, history, plot")
+    train.add_argument("--output", help="folder for report.json, the pruned model, history, plot, checkpoints")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
+    train.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a "
+                       "local Ray when shards > 0 (inside `ray job submit` the job's cluster is used)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
@@ -34,10 +37,13 @@ def _train(args) -> None:
     from .report import format_table
     from .trainer import run
 
-    config = load_config(args.config, args.overrides)
-    report = run(config, args.output, progress=not args.quiet)
+    if bool(args.output) == bool(args.resume):
+        raise ConfigError("give --output DIR for a new run, or --resume DIR to continue one (not both)")
+    given = load_config(args.config, args.overrides) if (args.config or args.overrides or not args.resume) else None
+    folder = args.resume or args.output
+    report = run(given, folder, progress=not args.quiet, resume=bool(args.resume), address=args.address)
     print(format_table(report))
-    print(f"\nwritten to {args.output}/ (report.json, pruned model, history.parquet, training.png)")
+    print(f"\nwritten to {folder}/ (report.json, pruned model, history.parquet, training.png)")
 
 
 def _download(args) -> None:

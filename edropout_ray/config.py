@@ -61,10 +61,15 @@ class Config:
     scoring: str = "auto"
     device: str = "auto"
     num_workers: int = 0
-    # distributed runtime (0 = one process)
+    # distributed runtime (shards = 0: one process; N: N shard actors and a learner actor on Ray)
     shards: int = 0
     overlap: bool = False
     sync_every: int = 1
+    shard_cpus: float = 1.0
+    shard_gpus: float = 0.0
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    # checkpoints: every N steps (0 = never) into the output folder, for --resume
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
@@ -107,6 +112,8 @@ class Config:
         need(self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}")
         need(self.shards >= 0, f"shards must be >= 0 (0 = one process), got {self.shards}")
         need(self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
+        for name in ("shard_cpus", "shard_gpus", "learner_cpus", "learner_gpus"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         for name, allowed in _CHOICES.items():

@@ -37,13 +37,13 @@ class StepRecord:
 class EDropoutEngine:
     """Holds the population, the learner and the pruning schedule of one run."""
 
-    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None):
+    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None, learner=None):
         self.space = space
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
         self.population = Population.initial(config.population_size, space.num_units, config.p_init,
                                              space.group_sizes, self.generator)
-        self.learner = Learner(space, config)
+        self.learner = learner or Learner(space, config)
         self.scorer = scorer or self.local_scorer
         self.final_mask: torch.Tensor | None = None
         self.recent_best: deque[float] = deque(maxlen=config.converge_patience)
@@ -104,3 +104,28 @@ class EDropoutEngine:
 
     def end_epoch(self) -> None:
         self.learner.end_epoch()
+
+    def state_dict(self) -> dict:
+        """The evolution's and the learner's state, for checkpoints (tensors and plain values)."""
+        return {
+            "states": self.population.states.clone(), "energies": self.population.energies.clone(),
+            "generator": self.generator.get_state(), "step_count": self.step_count,
+            "recent_best": list(self.recent_best), "final_mask": self.final_mask,
+            "learner": self.learner.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.population.states = state["states"].clone()
+        self.population.energies = state["energies"].clone()
+        self.generator.set_state(state["generator"])
+        self.step_count = state["step_count"]
+        self.recent_best.clear()
+        self.recent_best.extend(state["recent_best"])
+        self.final_mask = state["final_mask"]
+        self.learner.load_state_dict(state["learner"])
+
+    def finish(self) -> None:
+        """Make the driver's model hold the learner's latest weights (a no-op in one process)."""
+
+    def close(self) -> None:
+        """Release workers (a no-op in one process)."""

@@ -107,3 +107,19 @@ class Learner:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The model's parameters and buffers, on the CPU (what shards and checkpoints need)."""
+        return {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs from the learner: weights, optimizer, schedule."""
+        return {"model": self.weights(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}  # rng: dropout draws
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self._cached_state = None

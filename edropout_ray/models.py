@@ -6,7 +6,9 @@ Also two small built-in architectures for the embedded digits data set and for t
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
+import torch
 import torchvision
 from torch import nn
 
@@ -60,3 +62,19 @@ def build_model(spec: str, num_classes: int, in_channels: int, image_size: int) 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Everything needed to build the same architecture with the same initial weights anywhere
+    (the driver, the learner actor, every shard)."""
+
+    spec: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    seed: int
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return build_model(self.spec, self.num_classes, self.in_channels, self.image_size)

@@ -1,11 +1,10 @@
-"""A whole EDropout run in one process: data, model, training loop, then the report.
+"""A whole EDropout run: data, model, training loop (one process or Ray), checkpoints, report.
 
 `run(config, output_dir)` is the plain function a Tune trainable or a Ray job wraps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -16,13 +15,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import history
+from . import checkpoint, history
 from .config import Config
 from .data import DATASETS, DataSplits, load_dataset, make_loader
-from .engine import EDropoutEngine
-from .errors import ConfigError
+from .engine import EDropoutEngine, StepRecord
+from .errors import CheckpointError, ConfigError
 from .evaluation import evaluate
-from .models import build_model, is_torchvision_name
+from .models import ModelRecipe, is_torchvision_name
 from .report import build_report, write_report
 from .space import PruningSpace
 
@@ -38,11 +37,14 @@ class RunSetup:
     val_loader: object
     test_loader: object
 
+    @property
+    def recipe(self) -> ModelRecipe:
+        return ModelRecipe(self.config.model, self.data.num_classes, self.data.in_channels, self.data.image_size,
+                           self.config.seed)
+
     def new_model(self) -> torch.nn.Module:
         """The same initial weights every time for the same seed (EDropout and its dense baseline)."""
-        torch.manual_seed(self.config.seed)
-        model = build_model(self.config.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
-        return model.to(self.device)
+        return self.recipe.build().to(self.device)
 
     def example_inputs(self) -> torch.Tensor:
         x, _ = next(iter(self.test_loader))
@@ -79,41 +81,91 @@ def steps_per_epoch(setup: RunSetup) -> int:
     return min(steps, cap) if cap else steps
 
 
-def _progress(total: int, description: str, enabled: bool):
-    return tqdm(total=total, desc=description, unit="step", disable=not (enabled and sys.stderr.isatty()),
-                dynamic_ncols=True, leave=False)
+def _progress(total: int, done: int, description: str, enabled: bool):
+    return tqdm(total=total, initial=done, desc=description, unit="step", dynamic_ncols=True, leave=False,
+                disable=not (enabled and sys.stderr.isatty()))
 
 
-def train_loop(engine: EDropoutEngine, setup: RunSetup, label: str, progress: bool, evolve: bool = True):
-    """Epochs of engine steps; returns (step rows, epoch rows). With evolve=False: plain training."""
-    config, device = setup.config, setup.device
-    space = engine.space
-    step_rows, epoch_rows = [], []
-    per_epoch = steps_per_epoch(setup)
-    all_kept = torch.ones(space.num_units, dtype=torch.bool)
-    with _progress(config.epochs * per_epoch, label, progress) as bar:
-        for epoch in range(config.epochs):
-            started = time.perf_counter()
-            for i, (x, y) in enumerate(setup.train_loader):
-                if i >= per_epoch:
-                    break
-                x, y = x.to(device), y.to(device)
-                if evolve:
-                    record = engine.step(x, y, epoch)
-                    step_rows.append(record)
-                    bar.set_postfix(loss=f"{record.loss:.3f}", kept=f"{record.kept_fraction:.2f}")
+class TrainLoop:
+    """Epochs of engine steps, with validation per epoch and checkpoints every N steps."""
+
+    def __init__(self, engine: EDropoutEngine, setup: RunSetup, label: str, *, evolve: bool = True,
+                 checkpoint_dir: Path | None = None):
+        self.engine, self.setup, self.label, self.evolve = engine, setup, label, evolve
+        self.checkpoint_dir = checkpoint_dir
+        self.step_rows: list[dict] = []
+        self.epoch_rows: list[dict] = []
+        self.epoch, self.step_in_epoch = 0, 0
+        self.loader_state: torch.Tensor | None = None
+        self._resume_rng: torch.Tensor | None = None
+
+    def run(self, progress: bool = True) -> None:
+        config, device = self.setup.config, self.setup.device
+        per_epoch = steps_per_epoch(self.setup)
+        all_kept = torch.ones(self.engine.space.num_units, dtype=torch.bool)
+        loader = self.setup.train_loader
+        done = self.epoch * per_epoch + self.step_in_epoch
+        with _progress(config.epochs * per_epoch, done, self.label, progress) as bar:
+            while self.epoch < config.epochs:
+                started = time.perf_counter()
+                if self._resume_rng is None:
+                    self.loader_state = loader.generator.get_state()
                 else:
-                    engine.learner.step(all_kept, x, y)
-                bar.update(1)
-            state = engine.best_state if evolve else all_kept
-            val = evaluate(space, state, setup.val_loader, device) if setup.val_loader else {"top1": None, "loss": None}
-            row = {"epoch": epoch, "val_top1": val["top1"], "val_loss": val["loss"], "lr": engine.learner.lr,
-                   "kept_fraction": float(state.float().mean()), "frozen": evolve and engine.frozen,
-                   "seconds": time.perf_counter() - started}
-            epoch_rows.append(row)
-            engine.end_epoch()
-            _epoch_line(label, config.epochs, row)
-    return step_rows, epoch_rows
+                    loader.generator.set_state(self.loader_state)  # replay this epoch's batch order
+                batches = iter(loader)
+                for index in range(per_epoch):
+                    x, y = next(batches)
+                    if index < self.step_in_epoch:
+                        continue  # already trained before the interruption
+                    if self._resume_rng is not None:
+                        torch.set_rng_state(self._resume_rng)  # as it was when the checkpoint was taken
+                        self._resume_rng = None
+                    self._one_step(x.to(device), y.to(device), all_kept, bar)
+                    self.step_in_epoch = index + 1
+                    if config.checkpoint_every and self.engine.step_count % config.checkpoint_every == 0:
+                        self.save_checkpoint()
+                self._resume_rng = None
+                self._end_epoch(all_kept, time.perf_counter() - started)
+
+    def _one_step(self, x, y, all_kept, bar) -> None:
+        if self.evolve:
+            record = self.engine.step(x, y, self.epoch)
+            self.step_rows.append(record)
+            bar.set_postfix(kept=f"{record.kept_fraction:.2f}", energy=f"{record.best_energy:.2f}")
+        else:
+            self.engine.learner.step(all_kept, x, y)
+        bar.update(1)
+
+    def _end_epoch(self, all_kept, seconds: float) -> None:
+        self.engine.finish()  # the driver's model gets the learner's weights for validation
+        state = self.engine.best_state if self.evolve else all_kept
+        loader = self.setup.val_loader
+        val = evaluate(self.engine.space, state, loader, self.setup.device) if loader else {"top1": None, "loss": None}
+        row = {"epoch": self.epoch, "val_top1": val["top1"], "val_loss": val["loss"], "lr": self.engine.learner.lr,
+               "kept_fraction": float(state.float().mean()), "frozen": self.evolve and self.engine.frozen,
+               "seconds": seconds}
+        self.epoch_rows.append(row)
+        self.engine.end_epoch()
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        _epoch_line(self.label, self.setup.config.epochs, row)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        checkpoint.save_checkpoint(self.checkpoint_dir, {
+            "engine": self.engine.state_dict(), "num_units": self.engine.space.num_units,
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "loader_state": self.loader_state,
+            "torch_rng": torch.get_rng_state(),
+            "step_rows": [asdict(r) for r in self.step_rows], "epoch_rows": list(self.epoch_rows),
+        })
+
+    def restore(self, payload: dict) -> None:
+        checkpoint.check_matches(payload["engine"]["learner"], self.engine.space.model.state_dict(),
+                                 self.engine.space.num_units, payload["num_units"])
+        self.engine.load_state_dict(payload["engine"])
+        self.epoch, self.step_in_epoch = payload["epoch"], payload["step_in_epoch"]
+        self.loader_state, self._resume_rng = payload["loader_state"], payload["torch_rng"]
+        self.step_rows = [StepRecord(**row) for row in payload["step_rows"]]
+        self.epoch_rows = list(payload["epoch_rows"])
 
 
 def _epoch_line(label: str, epochs: int, row: dict) -> None:
@@ -123,43 +175,77 @@ def _epoch_line(label: str, epochs: int, row: dict) -> None:
           f"{row['kept_fraction']:.1%}, {row['seconds']:.1f}s{frozen}", file=sys.stderr, flush=True)
 
 
-def run(config: Config, output_dir: str | Path, progress: bool = True) -> dict:
+def make_engine(space: PruningSpace, setup: RunSetup, address: str | None = None) -> EDropoutEngine:
+    """One process for `shards: 0`; shard actors and a learner actor on Ray otherwise."""
+    config = setup.config
+    if config.shards == 0:
+        return EDropoutEngine(space, config)
+    from .cluster import connect
+    from .coordinator import start_distributed_engine
+
+    connect(config, address)
+    return start_distributed_engine(space, config, setup.recipe)
+
+
+def resume_config(output: Path, given: Config | None) -> Config:
+    """The config saved with the run; a config given with --resume must agree with it."""
+    saved = checkpoint.load_saved_config(output)
+    if given is not None:
+        differing = [k for k, v in given.to_dict().items() if saved.to_dict()[k] != v]
+        if differing:
+            raise CheckpointError(f"--resume continues the run in {output} with its saved config; these keys differ "
+                                  f"from it: {', '.join(differing)}. Drop --config/--set, or start a new run")
+    return saved
+
+
+def run(config: Config | None, output_dir: str | Path, progress: bool = True, *, resume: bool = False,
+        address: str | None = None) -> dict:
     """Train with EDropout, export the pruned model, write every artifact, return the report."""
     output = Path(output_dir)
+    payload = None
+    if resume:
+        config = resume_config(output, config)
+        payload = checkpoint.load_checkpoint(output)  # before anything is written: a bad one is left alone
+    elif config is None:
+        raise ValueError("a config is needed unless resuming")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     setup = prepare(config)
-    model = setup.new_model()
-    space = PruningSpace(model, setup.example_inputs(), scoring=config.scoring)
+    space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
     log.info("pruning space: %s", space.describe())
-    engine = EDropoutEngine(space, config)
-    step_rows, epoch_rows = train_loop(engine, setup, "edropout", progress)
+    checkpoint.save_config(output, config)
+    engine = make_engine(space, setup, address)
+    try:
+        loop = TrainLoop(engine, setup, "edropout", checkpoint_dir=output)
+        if payload is not None:
+            loop.restore(payload)
+        loop.run(progress)
+        engine.finish()
+    finally:
+        engine.close()
     final_mask = engine.best_state.clone()
     edropout_seconds = time.perf_counter() - started
 
     dense = None
     if config.dense_baseline:
         dense_space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
-        dense_engine = EDropoutEngine(dense_space, config)
-        _, dense_epochs = train_loop(dense_engine, setup, "dense", progress, evolve=False)
+        dense_loop = TrainLoop(EDropoutEngine(dense_space, config), setup, "dense", evolve=False)
+        dense_loop.run(progress)
         all_kept = torch.ones(dense_space.num_units, dtype=torch.bool)
-        dense = {"test": evaluate(dense_space, all_kept, setup.test_loader, setup.device), "epochs": dense_epochs}
+        dense = {"test": evaluate(dense_space, all_kept, setup.test_loader, setup.device),
+                 "epochs": dense_loop.epoch_rows}
 
     np.save(output / "final_mask.npy", final_mask.cpu().numpy())
-    history.write_rows(step_rows, output / history.HISTORY_FILE)
-    history.write_rows(epoch_rows, output / history.EPOCHS_FILE)
-    history.plot_history([_as_dict(r) for r in step_rows], epoch_rows, output / history.PLOT_FILE,
+    history.write_rows(loop.step_rows, output / history.HISTORY_FILE)
+    history.write_rows(loop.epoch_rows, output / history.EPOCHS_FILE)
+    history.plot_history([asdict(r) for r in loop.step_rows], loop.epoch_rows, output / history.PLOT_FILE,
                          dense["epochs"] if dense else None)
     report = build_report(space, final_mask, setup, output, dense=dense,
-                          converged_at_step=_converged_at(step_rows), edropout_seconds=edropout_seconds)
+                          converged_at_step=_converged_at(loop.step_rows), edropout_seconds=edropout_seconds)
     report["wall_seconds"] = time.perf_counter() - started
+    report["shards"] = config.shards
     write_report(report, output)
-    (output / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return report
-
-
-def _as_dict(row) -> dict:
-    return asdict(row)
 
 
 def _converged_at(step_rows) -> int | None:

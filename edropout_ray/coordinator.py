@@ -1,0 +1,88 @@
+"""The coordinator: the same EDropout step as in one process, over shard actors and a learner actor.
+
+With `overlap: true`, the children of step t+1 are scored while the learner runs step t, so the
+energies use weights one step old; the learner then never waits for scoring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ray
+import torch
+
+from .config import Config
+from .engine import EDropoutEngine, StepRecord
+from .learner_actor import LearnerWorker, RemoteLearner
+from .models import ModelRecipe
+from .shard import ShardPool, ShardWorker
+from .space import PruningSpace
+
+
+class DistributedEngine(EDropoutEngine):
+    """EDropoutEngine whose scorer is a ShardPool and whose learner is a remote actor."""
+
+    def __init__(self, space: PruningSpace, config: Config, pool: ShardPool, learner: RemoteLearner):
+        super().__init__(space, config, scorer=pool, learner=learner)
+        self.pool = pool
+        self._pending: tuple[ray.ObjectRef, StepRecord] | None = None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
+        if not self.config.overlap:
+            return super().step(x, y, epoch)
+        # scoring here overlaps the learner's previous step, still running on its actor
+        accepted = 0 if self.frozen else self.evolve(x, y)
+        self._collect_pending()
+        state = self.best_state
+        future = self.learner.step_async(state, x, y)
+        self.step_count += 1
+        energies = self.population.energies
+        record = StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
+                            mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
+                            accepted=accepted, loss=math.nan, accuracy=math.nan, frozen=self.frozen)
+        self._pending = (future, record)  # loss and accuracy are filled in when the step finishes
+        self._check_convergence(epoch)
+        return record
+
+    def _collect_pending(self) -> None:
+        if self._pending is not None:
+            future, record = self._pending
+            result = ray.get(future)
+            record.loss, record.accuracy = result.loss, result.accuracy
+            self._pending = None
+
+    def end_epoch(self) -> None:
+        self._collect_pending()
+        super().end_epoch()
+
+    def state_dict(self) -> dict:
+        self._collect_pending()
+        return super().state_dict()
+
+    def finish(self) -> None:
+        self._collect_pending()
+        self.space.model.load_state_dict(self.learner.weights())
+
+    def close(self) -> None:
+        self.pool.close()
+        self.learner.close()
+
+
+def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelRecipe) -> DistributedEngine:
+    """Start `config.shards` shard actors and one learner actor, seeded with the driver's weights."""
+    example = space.example_inputs.cpu()
+    shard_device = "cuda" if config.shard_gpus > 0 else "cpu"
+    shard_actor = ray.remote(ShardWorker).options(num_cpus=config.shard_cpus, num_gpus=config.shard_gpus)
+
+    def make_shard():
+        return shard_actor.remote(recipe, example, config.scoring, config.energy, config.kappa, shard_device)
+
+    pool = ShardPool(make_shard, config.shards)
+    units = ray.get([shard.num_units.remote() for shard in pool.shards])
+    if any(u != space.num_units for u in units):
+        raise RuntimeError(f"shards found {units} units, the driver {space.num_units}: the model must build "
+                           "deterministically from its name")
+    weights = {k: v.detach().cpu() for k, v in space.model.state_dict().items()}
+    learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus)
+    actor = learner_actor.remote(recipe, example, config, weights, "cuda" if config.learner_gpus > 0 else "cpu")
+    return DistributedEngine(space, config, pool, RemoteLearner(actor, pool, config.sync_every))
