@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="resnet18", help="torchvision model name")
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     return parser.parse_args(argv)
 
 

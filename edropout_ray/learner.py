@@ -58,8 +58,10 @@ class Learner:
         self.model.train()
         pruned = self._pruned_masks(state)
         tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
-        saved = {name: tensors[name].detach()[mask].clone() for name, mask in pruned.items()}
-        saved_optim = self._optimizer_slices(tensors, pruned)
+        # Whole-tensor copies restored with one elementwise select: boolean indexing of the pruned
+        # entries (three quarters of ResNet-18 at half the units kept) cost more than a training step.
+        saved = {name: tensors[name].detach().clone() for name in pruned}
+        saved_optim = self._optimizer_state(tensors, pruned)
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}  # small: norm statistics
 
         logits = self.space.masked_forward(state, x)
@@ -79,27 +81,31 @@ class Learner:
         accuracy = (logits.detach().argmax(dim=1) == y).float().mean().item()
         return StepResult(loss=loss.item(), accuracy=accuracy)
 
-    def _optimizer_slices(self, tensors, pruned) -> dict[tuple[str, str], torch.Tensor | None]:
-        """Pruned entries of per-parameter optimizer state; None where the state does not exist yet."""
-        slices = {}
-        for name, mask in pruned.items():
+    def _optimizer_state(self, tensors, pruned) -> dict[tuple[str, str], torch.Tensor | None]:
+        """Copies of per-parameter optimizer state; None where the state does not exist yet."""
+        copies = {}
+        for name in pruned:
             param = tensors[name]
             if not isinstance(param, torch.nn.Parameter):
                 continue
             state = self.optimizer.state.get(param, {})
             for key in ("momentum_buffer", "square_avg", "acc_delta", "exp_avg", "exp_avg_sq"):
                 value = state.get(key)
-                slices[(name, key)] = None if value is None else value[mask].clone()
-        return slices
+                copies[(name, key)] = None if value is None else value.clone()
+        return copies
 
     @torch.no_grad()
     def _restore(self, tensors, pruned, saved, saved_optim) -> None:
         for name, mask in pruned.items():
-            tensors[name][mask] = saved[name]
+            tensors[name].copy_(torch.where(mask, saved[name], tensors[name]))
         for (name, key), old in saved_optim.items():
             value = self.optimizer.state.get(tensors[name], {}).get(key)
-            if value is not None:
-                value[pruned[name]] = 0 if old is None else old
+            if value is None:
+                continue
+            if old is None:  # created by this step: pruned entries start from zero, as if never touched
+                value.masked_fill_(pruned[name], 0)
+            else:
+                value.copy_(torch.where(pruned[name], old, value))
 
     def end_epoch(self) -> None:
         self.scheduler.step()
