@@ -30,9 +30,11 @@ class DistributedEngine(EDropoutEngine):
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
         if not self.config.overlap:
             return super().step(x, y, epoch)
-        # scoring here overlaps the learner's previous step, still running on its actor
+        # The shards score these children while the learner's previous step runs on its actor, so
+        # with the weights from before that step; they get the newer weights only afterwards.
         accepted = 0 if self.frozen else self.evolve(x, y)
         self._collect_pending()
+        self.learner.publish_if_due()
         state = self.best_state
         future = self.learner.step_async(state, x, y)
         self.step_count += 1

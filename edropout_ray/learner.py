@@ -97,7 +97,7 @@ class Learner:
     @torch.no_grad()
     def _restore(self, tensors, pruned, saved, saved_optim) -> None:
         for name, mask in pruned.items():
-            tensors[name].copy_(torch.where(mask, saved[name], tensors[name]))
+            torch.where(mask, saved[name], tensors[name], out=tensors[name])
         for (name, key), old in saved_optim.items():
             value = self.optimizer.state.get(tensors[name], {}).get(key)
             if value is None:
@@ -105,7 +105,7 @@ class Learner:
             if old is None:  # created by this step: pruned entries start from zero, as if never touched
                 value.masked_fill_(pruned[name], 0)
             else:
-                value.copy_(torch.where(pruned[name], old, value))
+                torch.where(pruned[name], old, value, out=value)
 
     def end_epoch(self) -> None:
         self.scheduler.step()

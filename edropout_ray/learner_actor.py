@@ -7,6 +7,7 @@ new weights to the shards through the object store, without a trip through the d
 
 from __future__ import annotations
 
+import numpy as np
 import ray
 import torch
 
@@ -37,6 +38,12 @@ class LearnerWorker:
     def weights(self) -> dict[str, torch.Tensor]:
         return self.learner.weights()
 
+    def weights_for_broadcast(self) -> dict[str, np.ndarray]:
+        """NumPy views of the weights: Ray copies them into the object store once, without pickling
+        (tensors would be pickled). Safe without a clone: the return value is stored before this
+        single-threaded actor runs its next step."""
+        return {name: value.detach().cpu().numpy() for name, value in self.learner.model.state_dict().items()}
+
     def state_dict(self) -> dict:
         return self.learner.state_dict()
 
@@ -53,18 +60,22 @@ class RemoteLearner:
         self.publish()
 
     def publish(self) -> None:
-        self.pool.publish(self.actor.weights.remote())
+        """The weights after the learner's last submitted step (actor calls run in order)."""
+        self.pool.publish(self.actor.weights_for_broadcast.remote())
 
-    def step_async(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> "ray.ObjectRef":
-        """Start a step; weights are published right after it (actor calls run in order)."""
-        future = self.actor.step.remote(state.cpu(), x.cpu(), y.cpu())
-        self.steps += 1
+    def publish_if_due(self) -> None:
         if self.steps % self.sync_every == 0:
             self.publish()
-        return future
+
+    def step_async(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> "ray.ObjectRef":
+        """Start a step without publishing its weights: the caller decides when shards get them."""
+        self.steps += 1
+        return self.actor.step.remote(state.cpu(), x.cpu(), y.cpu())
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        return ray.get(self.step_async(state, x, y))
+        future = self.step_async(state, x, y)
+        self.publish_if_due()
+        return ray.get(future)
 
     def end_epoch(self) -> None:
         ray.get(self.actor.end_epoch.remote())

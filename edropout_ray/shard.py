@@ -9,6 +9,7 @@ authoritative population, the shards only ever hold copies of their slices.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Callable
 
 import ray
@@ -37,8 +38,12 @@ class ShardWorker:
     def num_units(self) -> int:
         return self.space.num_units
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.space.model.load_state_dict(weights)
+    def load_weights(self, weights: dict) -> None:
+        """Tensors, or NumPy arrays read zero-copy from the object store (read-only: copied in)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            tensors = {k: torch.as_tensor(v) for k, v in weights.items()}
+        self.space.model.load_state_dict(tensors)
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x, y = x.to(self.device), y.to(self.device)
