@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .errors import ConfigError, EDropoutError
 
@@ -25,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a "
                        "local Ray when shards > 0 (inside `ray job submit` the job's cluster is used)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    compare = commands.add_parser("compare", help="EDropout against DropNet, random and L1 pruning, over seeds")
+    compare.add_argument("--config", help="YAML file of config keys (the budget every method gets)")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--output", required=True, help="folder for runs.parquet, summary, comparison.md/.png")
+    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
 
     download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
     download.add_argument("dataset")
@@ -46,6 +54,19 @@ def _train(args) -> None:
     print(f"\nwritten to {folder}/ (report.json, pruned model, history.parquet, training.png)")
 
 
+def _compare(args) -> None:
+    from .compare import compare
+    from .config import load_config
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    compare(load_config(args.config, args.overrides), args.output, seeds, address=args.address)
+    print(Path(args.output, "comparison.md").read_text())
+    print(f"written to {args.output}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
+
+
 def _download(args) -> None:
     from .data import download_dataset
 
@@ -57,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        {"train": _train, "download": _download}[args.command](args)
+        {"train": _train, "compare": _compare, "download": _download}[args.command](args)
     except (EDropoutError, FileNotFoundError, ValueError) as error:
         print(f"edropout-ray: error: {error}", file=sys.stderr)
         return 2

@@ -24,6 +24,11 @@ def connect(config: Config, address: str | None = None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
         return
-    needed = math.ceil(config.shards * config.shard_cpus + config.learner_cpus)
-    ray.init(num_cpus=max(needed, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
-    log.info("started a local Ray with %s CPUs", max(needed, os.cpu_count() or 1))
+    cpus = max(math.ceil(config.shards * config.shard_cpus + config.learner_cpus), os.cpu_count() or 1)
+    try:
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    except ValueError as error:  # Ray found a cluster started on this machine with `ray start`
+        if "existing cluster" not in str(error):
+            raise
+        log.warning("joining the Ray cluster already running on this machine")
+        ray.init(log_to_driver=True)

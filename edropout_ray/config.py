@@ -15,6 +15,9 @@ import yaml
 from .errors import ConfigError
 
 _CHOICES = {
+    "method": ("edropout", "dropnet", "l1", "random"),
+    "dropnet_strategy": ("min", "min_layer", "max", "random", "random_layer"),
+    "dropnet_reset": ("initial", "random"),
     "optimizer": ("adadelta", "sgd", "adam"),
     "scoring": ("auto", "loop", "vmap"),
     "device": ("auto", "cpu", "cuda"),
@@ -61,6 +64,14 @@ class Config:
     scoring: str = "auto"
     device: str = "auto"
     num_workers: int = 0
+    # pruning method: EDropout, or a baseline pruned to `prune_target` (fraction of units kept)
+    method: str = "edropout"
+    prune_target: float = 0.5
+    dropnet_strategy: str = "min"
+    dropnet_fraction: float = 0.2
+    dropnet_reset: str = "initial"
+    dropnet_patience: int = 5
+    l1_per_layer: bool = True
     # distributed runtime (shards = 0: one process; N: N shard actors and a learner actor on Ray)
     shards: int = 0
     overlap: bool = False
@@ -101,6 +112,10 @@ class Config:
             value = getattr(self, name)
             need(0 <= value <= 1, f"{name} must be in [0, 1], got {value}")
         need(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        need(0 < self.prune_target <= 1, f"prune_target (fraction of units kept) must be in (0, 1], got "
+             f"{self.prune_target}")
+        need(0 < self.dropnet_fraction < 1, f"dropnet_fraction must be in (0, 1), got {self.dropnet_fraction}")
+        need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
         need(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
         need(self.converge_after is None or self.converge_after >= 0,
              f"converge_after must be an epoch index >= 0 or null (never freeze), got {self.converge_after}")

@@ -48,7 +48,7 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
         "export_max_abs_diff": export_error,
         "converged_at_step": converged_at_step,
         "edropout_seconds": edropout_seconds,
-        "model": setup.config.model, "dataset": setup.config.dataset,
+        "model": setup.config.model, "dataset": setup.config.dataset, "method": setup.config.method,
     }
     if dense is not None:
         report |= {"dense_top1": dense["test"]["top1"], "dense_top3": dense["test"]["top3"],
@@ -77,7 +77,8 @@ def write_report(report: dict, output: Path) -> Path:
 
 def format_table(report: dict) -> str:
     """The report as a plain-text table, one row per network evaluated on the test set."""
-    rows = [("EDropout, final mask", report["top1"], report["top5"], report["test_loss"],
+    method = {"edropout": "EDropout", "dropnet": "DropNet", "l1": "L1-norm", "random": "random"}[report["method"]]
+    rows = [(f"{method}, final mask", report["top1"], report["top5"], report["test_loss"],
              f"{report['params_kept']:,} ({report['params_kept_fraction']:.1%})")]
     kept = report["all_units_kept"]
     rows.append(("same weights, all units kept", kept["top1"], kept["top5"], kept["loss"],

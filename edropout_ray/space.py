@@ -184,9 +184,12 @@ class PruningSpace:
         reader = _GroupReader(self.model, graph)
         collected: dict[tuple[str, int], torch.Tensor] = {}
         buffers: set[str] = set()
+        depth = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        found_groups = [(reader.names[g.items[0].dep.target.module], g)
+                        for g in graph.get_all_groups(root_module_types=(_CONVS + (nn.Linear,)))]
+        found_groups.sort(key=lambda pair: depth[pair[0]])  # units in the order of the model's layers
         start = 0
-        for group in graph.get_all_groups(root_module_types=(_CONVS + (nn.Linear,))):
-            root = reader.names[group.items[0].dep.target.module]
+        for root, group in found_groups:
             if reader.feeds_output(group):
                 continue
             found, reason = reader.slices(group, start)
@@ -236,6 +239,14 @@ class PruningSpace:
                 indices.append(index)
             slices.append(_SliceIndex(name, indices[0], indices[1], name in buffers))
         return slices
+
+    def consumer_indices(self) -> dict[str, torch.Tensor]:
+        """Layer name -> the unit each of its input channels or features belongs to (num_units: none)."""
+        return {e.name.rsplit(".", 1)[0]: e.in_index for e in self._slices if e.in_index is not None}
+
+    def producer_indices(self) -> dict[str, torch.Tensor]:
+        """Parameter name -> the unit each of its output slices belongs to (num_units: none)."""
+        return {e.name: e.out_index for e in self._slices if e.out_index is not None and not e.is_buffer}
 
     @property
     def group_sizes(self) -> list[int]:

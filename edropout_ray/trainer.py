@@ -214,16 +214,16 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
     space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(output, config)
-    engine = make_engine(space, setup, address)
-    try:
-        loop = TrainLoop(engine, setup, "edropout", checkpoint_dir=output)
-        if payload is not None:
-            loop.restore(payload)
-        loop.run(progress)
-        engine.finish()
-    finally:
-        engine.close()
-    final_mask = engine.best_state.clone()
+    if config.method == "edropout":
+        final_mask, step_rows, epoch_rows = _train_edropout(space, setup, output, payload, progress, address)
+    else:
+        if payload is not None or config.shards:
+            raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
+                              "and shards")
+        from .baselines import run_baseline
+
+        pruned = run_baseline(space, config, setup)
+        final_mask, step_rows, epoch_rows = pruned.state, [], pruned.epoch_rows
     edropout_seconds = time.perf_counter() - started
 
     dense = None
@@ -236,16 +236,32 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
                  "epochs": dense_loop.epoch_rows}
 
     np.save(output / "final_mask.npy", final_mask.cpu().numpy())
-    history.write_rows(loop.step_rows, output / history.HISTORY_FILE)
-    history.write_rows(loop.epoch_rows, output / history.EPOCHS_FILE)
-    history.plot_history([asdict(r) for r in loop.step_rows], loop.epoch_rows, output / history.PLOT_FILE,
+    if step_rows:
+        history.write_rows(step_rows, output / history.HISTORY_FILE)
+    history.write_rows(epoch_rows, output / history.EPOCHS_FILE)
+    history.plot_history([asdict(r) for r in step_rows], epoch_rows, output / history.PLOT_FILE,
                          dense["epochs"] if dense else None)
     report = build_report(space, final_mask, setup, output, dense=dense,
-                          converged_at_step=_converged_at(loop.step_rows), edropout_seconds=edropout_seconds)
+                          converged_at_step=_converged_at(step_rows), edropout_seconds=edropout_seconds)
     report["wall_seconds"] = time.perf_counter() - started
     report["shards"] = config.shards
     write_report(report, output)
     return report
+
+
+def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload: dict | None, progress: bool,
+                    address: str | None):
+    """The EDropout loop on the configured runtime; returns (final mask, step rows, epoch rows)."""
+    engine = make_engine(space, setup, address)
+    try:
+        loop = TrainLoop(engine, setup, "edropout", checkpoint_dir=output)
+        if payload is not None:
+            loop.restore(payload)
+        loop.run(progress)
+        engine.finish()
+    finally:
+        engine.close()
+    return engine.best_state.clone(), loop.step_rows, loop.epoch_rows
 
 
 def _converged_at(step_rows) -> int | None:

@@ -1,0 +1,123 @@
+"""`edropout-ray compare`: EDropout against DropNet, random and L1 pruning, same budget and seeds.
+
+Every (method, seed) is one Ray task running the ordinary one-process `run`, so the methods train
+in parallel as far as the cluster's CPUs allow. EDropout runs first for each seed; the baselines
+are then pruned to the fraction of units that seed's EDropout kept, so points line up.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from .config import Config
+
+BASELINES = {
+    "dropnet_min": {"method": "dropnet", "dropnet_strategy": "min"},
+    "dropnet_min_layer": {"method": "dropnet", "dropnet_strategy": "min_layer"},
+    "random": {"method": "random"},
+    "l1": {"method": "l1"},
+}
+METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_kept_fraction", "wall_seconds")
+
+
+def _one_run(config_values: dict, folder: str) -> dict:
+    from .trainer import run
+
+    report = run(Config.from_dict(config_values), folder, progress=False)
+    report["units_kept_fraction"] = report["units_kept"] / report["units_total"]
+    return report
+
+
+def compare(config: Config, output: str | Path, seeds: list[int], address: str | None = None) -> list[dict]:
+    """Run every method for every seed; write runs.parquet, summary.parquet, comparison.md and .png."""
+    from .cluster import connect
+
+    if len(seeds) < 1:
+        raise ValueError("give at least one seed")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    connect(config.replace(shards=0), address)
+    task = ray.remote(num_cpus=1)(_one_run)
+    base = config.replace(shards=0, checkpoint_every=0, method="edropout").to_dict()
+
+    def launch(name: str, seed: int, changes: dict):
+        values = base | {"seed": seed, "dense_baseline": base["dense_baseline"] and name == "edropout"} | changes
+        return task.remote(values, str(output / name / f"seed{seed}"))
+
+    edropout = dict(zip(seeds, ray.get([launch("edropout", s, {}) for s in seeds])))
+    _progress(f"EDropout done for seeds {seeds}; running {', '.join(BASELINES)}")
+    pending = {(name, s): launch(name, s, changes | {"prune_target": edropout[s]["units_kept_fraction"]})
+               for name, changes in BASELINES.items() for s in seeds}
+    reports = {("edropout", s): r for s, r in edropout.items()}
+    reports |= dict(zip(pending, ray.get(list(pending.values()))))
+    rows = [{"method": name, "seed": seed, **{m: float(r[m]) for m in METRICS}} for (name, seed), r in reports.items()]
+    dense = [{"method": "dense", "seed": s, "top1": r["dense_top1"], "top5": r["dense_top5"], "params_kept_fraction": 1.0,
+              "macs_kept_fraction": 1.0, "units_kept_fraction": 1.0, "wall_seconds": float("nan")}
+             for s, r in edropout.items() if "dense_top1" in r]
+    rows += dense
+    pq.write_table(pa.Table.from_pylist(rows), output / "runs.parquet")
+    summary = summarize(rows)
+    pq.write_table(pa.Table.from_pylist(summary), output / "summary.parquet")
+    (output / "comparison.md").write_text(markdown_table(summary, config, seeds))
+    plot(rows, output / "comparison.png")
+    return summary
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean and spread (sample standard deviation; 0 for one seed) of every metric per method."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    summary = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        entry = {"method": method, "seeds": len(mine)}
+        for metric in METRICS:
+            values = [r[metric] for r in mine if not math.isnan(r[metric])]  # dense: no wall time of its own
+            entry[f"{metric}_mean"] = statistics.fmean(values) if values else math.nan
+            entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(summary: list[dict], config: Config, seeds: list[int]) -> str:
+    lines = [f"Model `{config.model}` on `{config.dataset}`, {config.epochs} epochs each, seeds {seeds} "
+             "(mean ± standard deviation).", "",
+             "| method | top-1 (%) | top-5 (%) | params kept | MACs kept | units kept | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for e in summary:
+        cells = [f"{e['top1_mean']:.2f} ± {e['top1_std']:.2f}", f"{e['top5_mean']:.2f} ± {e['top5_std']:.2f}"]
+        cells += [f"{100 * e[f'{m}_mean']:.1f}% ± {100 * e[f'{m}_std']:.1f}"
+                  for m in ("params_kept_fraction", "macs_kept_fraction", "units_kept_fraction")]
+        cells.append("-" if e["method"] == "dense" else f"{e['wall_seconds_mean']:.1f}")
+        lines.append(f"| {e['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against parameters kept, every run a point, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        ax.scatter([100 * r["params_kept_fraction"] for r in mine], [r["top1"] for r in mine], label=method,
+                   marker="*" if method == "edropout" else "o", s=90 if method == "edropout" else 40)
+    ax.set(xlabel="trainable parameters kept (%)", ylabel="test top-1 (%)", title="Pruning methods, every seed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _progress(message: str) -> None:
+    print(f"[compare] {message}", file=sys.stderr, flush=True)

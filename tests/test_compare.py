@@ -1,0 +1,58 @@
+"""`edropout-ray compare` on digits: every method, three seeds, as parallel Ray tasks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+METHODS = {"edropout", "dropnet_min", "dropnet_min_layer", "random", "l1"}
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    output = tmp_path_factory.mktemp("compare")
+    done = subprocess.run(
+        [sys.executable, "-m", "edropout_ray", "compare", "--output", str(output), "--seeds", "0,1,2",
+         "--set", "epochs=3", "--set", "max_steps_per_epoch=3", "--set", "dense_baseline=true"],
+        capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output, done.stdout
+
+
+def test_table_has_every_method_over_three_seeds(comparison):
+    output, stdout = comparison
+    runs = pq.read_table(output / "runs.parquet").to_pylist()
+    assert {r["method"] for r in runs} == METHODS | {"dense"}
+    assert all(sum(r["method"] == m for r in runs) == 3 for m in METHODS)
+    summary = {row["method"]: row for row in pq.read_table(output / "summary.parquet").to_pylist()}
+    for method in METHODS:
+        assert summary[method]["seeds"] == 3 and summary[method]["params_kept_fraction_mean"] < 1
+        assert summary[method]["wall_seconds_mean"] > 0
+    for method in METHODS | {"dense"}:
+        assert f"| {method} |" in stdout
+    assert (output / "comparison.md").read_text() in stdout
+    assert (output / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_baselines_are_pruned_to_edropouts_unit_budget(comparison):
+    output, _ = comparison
+    runs = pq.read_table(output / "runs.parquet").to_pylist()
+    for seed in (0, 1, 2):
+        target = next(r["units_kept_fraction"] for r in runs if r["method"] == "edropout" and r["seed"] == seed)
+        for r in runs:
+            if r["seed"] == seed and r["method"] in METHODS - {"edropout"}:
+                assert abs(r["units_kept_fraction"] - target) < 0.05, r
+
+
+def test_every_methods_exported_model_matches_its_masked_model(comparison):
+    output, _ = comparison
+    for method in METHODS:
+        for seed in (0, 1, 2):
+            report = json.loads((output / method / f"seed{seed}" / "report.json").read_text())
+            assert report["export_max_abs_diff"] < 1e-4, (method, seed)
+            assert report["params_kept"] < report["params_total"]
