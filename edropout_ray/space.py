@@ -92,11 +92,11 @@ class _GroupReader:
             if isinstance(module, _CONVS):
                 if module.groups > 1 and not _is_depthwise(module):
                     return [], f"grouped convolution {name!r} (groups={module.groups})"
-                if is_out:
+                if is_out or _is_depthwise(module):  # a depthwise conv's input channel is its output channel
                     found.append((f"{name}.weight", 0, item.idxs, units, False))
                     if module.bias is not None:
                         found.append((f"{name}.bias", 0, item.idxs, units, False))
-                elif not _is_depthwise(module):
+                else:
                     found.append((f"{name}.weight", 1, item.idxs, units, False))
             elif isinstance(module, nn.Linear):
                 if is_out:
@@ -298,6 +298,12 @@ class PruningSpace:
         tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         masks = self._slice_masks(state.unsqueeze(0), torch.float32, next(iter(tensors.values())).device)
         return {name: mask[0].expand_as(tensors[name]) > 0 for name, mask in masks.items()}
+
+    def kept_parameters(self, state: torch.Tensor) -> int:
+        """Trainable parameters the exported model of `state` has, counted without exporting it."""
+        keep = self.keep_masks(state)
+        return sum(int(keep[name].sum()) if name in keep else p.numel()
+                   for name, p in self.model.named_parameters() if p.requires_grad)
 
     # ---- forwards --------------------------------------------------------------------------
     def masked_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -90,9 +90,10 @@ class TrainLoop:
     """Epochs of engine steps, with validation per epoch and checkpoints every N steps."""
 
     def __init__(self, engine: EDropoutEngine, setup: RunSetup, label: str, *, evolve: bool = True,
-                 checkpoint_dir: Path | None = None):
+                 checkpoint_dir: Path | None = None, on_epoch_end=None):
         self.engine, self.setup, self.label, self.evolve = engine, setup, label, evolve
         self.checkpoint_dir = checkpoint_dir
+        self.on_epoch_end = on_epoch_end  # called with (loop, epoch row): how Tune gets its reports
         self.step_rows: list[dict] = []
         self.epoch_rows: list[dict] = []
         self.epoch, self.step_in_epoch = 0, 0
@@ -147,7 +148,10 @@ class TrainLoop:
         self.epoch_rows.append(row)
         self.engine.end_epoch()
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loader_state = self.setup.train_loader.generator.get_state()  # the next epoch's batch order
         _epoch_line(self.label, self.setup.config.epochs, row)
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self, row)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

@@ -58,6 +58,7 @@ def test_export_removes_exactly_the_pruned_channels(model_name):
         assert channels == kept, group.root
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert params(exported) < params(space.model)
+    assert space.kept_parameters(state) == params(exported), "counting from masks must match the export"
 
 
 def test_vectorized_scoring_equals_one_by_one(model_name):
