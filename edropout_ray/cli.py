@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
 
+    sweep = commands.add_parser("sweep", help="Ray Tune sweep over config keys (grid, random, ASHA, PBT)")
+    sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (see the README)")
+    sweep.add_argument("--output", help="folder for the sweep (Tune's state, trials.parquet, pareto.png, best/)")
+    sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
+    sweep.add_argument("--address", help="join a Ray cluster; default: a local Ray")
+
     download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
     download.add_argument("dataset")
     download.add_argument("--data-dir", default="data")
@@ -67,6 +73,28 @@ def _compare(args) -> None:
     print(f"written to {args.output}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
 
 
+def _sweep(args) -> None:
+    import json
+
+    from .sweep import SweepSpec, load_sweep, run_sweep
+
+    if bool(args.output) == bool(args.resume):
+        raise ConfigError("give --config FILE --output DIR for a new sweep, or --resume DIR to continue one")
+    if args.resume:
+        spec = SweepSpec(**json.loads(Path(args.resume, "sweep.json").read_text()))
+    elif not args.config:
+        raise ConfigError("a new sweep needs --config FILE")
+    else:
+        spec = load_sweep(args.config)
+    folder = args.resume or args.output
+    rows = run_sweep(spec, folder, resume=bool(args.resume), address=args.address)
+    for row in sorted(rows, key=lambda r: -r["objective"]):
+        swept = ", ".join(f"{k}={row[k]}" for k in list(spec.search) + list(spec.mutations) if k in row)
+        print(f"{'*' if row['pareto'] else ' '} val top-1 {row['val_top1']:6.2f}%  params kept "
+              f"{row['params_kept_fraction']:6.1%}  objective {row['objective']:7.2f}  {swept}")
+    print(f"\n* = Pareto front. Written to {folder}/ (trials.parquet, pareto.png, best/)")
+
+
 def _download(args) -> None:
     from .data import download_dataset
 
@@ -78,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        {"train": _train, "compare": _compare, "download": _download}[args.command](args)
+        {"train": _train, "compare": _compare, "sweep": _sweep, "download": _download}[args.command](args)
     except (EDropoutError, FileNotFoundError, ValueError) as error:
         print(f"edropout-ray: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("edropout-ray: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"edropout-ray: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
         return 130
     return 0
 

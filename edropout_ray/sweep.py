@@ -1,0 +1,302 @@
+"""`edropout-ray sweep`: Ray Tune over any config key, with grid, random, ASHA and PBT.
+
+One trial is one EDropout run (`trainer.TrainLoop`), reporting validation top-1, the fraction of
+parameters kept and the objective after every epoch, with a checkpoint that holds everything a
+PBT exploit needs to copy the trial (weights, optimizer, population, random generators). A trial
+reserves its learner and its shards together as one placement group, so a sweep never deadlocks
+on half-placed trials; Tune runs as many trials at once as the cluster fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from ray import tune
+
+from . import checkpoint
+from .config import Config
+from .errors import ConfigError
+
+SCHEDULERS = ("fifo", "asha", "pbt")
+# keys PBT may change mid-run: they steer selection and the schedule, not the shapes of the run
+MUTABLE_KEYS = ("temperature", "mutation_factor", "crossover_rate", "converge_after", "converge_patience", "kappa",
+                "sync_every")
+DOMAINS = {
+    "grid": lambda v: tune.grid_search(list(v)),
+    "choice": lambda v: tune.choice(list(v)),
+    "uniform": lambda v: tune.uniform(*v),
+    "loguniform": lambda v: tune.loguniform(*v),
+    "randint": lambda v: tune.randint(*v),
+}
+METRIC = "objective"
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Tune stopped early (Ctrl-C); its state is saved for --resume."""
+
+
+@dataclass
+class SweepSpec:
+    """A sweep file: fixed `base` keys, a `search` space, and how to explore it."""
+
+    base: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)
+    num_samples: int = 1
+    scheduler: str = "fifo"
+    params_weight: float = 0.0  # objective = val top-1 - params_weight * (% of parameters kept)
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    perturbation_interval: int = 2  # PBT: epochs between exploit/explore
+    mutations: dict = field(default_factory=dict)  # PBT: key -> domain, keys from MUTABLE_KEYS
+    max_concurrent: int = 0  # 0 = as many as the cluster fits
+
+    def __post_init__(self) -> None:
+        keys = set(Config.__dataclass_fields__)
+        for section in ("search", "mutations"):
+            for key, domain in getattr(self, section).items():
+                if key not in keys:
+                    raise ConfigError(f"sweep {section}: {key!r} is not a config key")
+                _domain(key, domain)
+        Config.from_dict({**self.base, **{k: _example(v) for k, v in self.search.items()}})  # validates types
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"sweep scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.scheduler == "pbt":
+            if not self.mutations:
+                raise ConfigError("scheduler pbt needs `mutations`: keys among " + ", ".join(MUTABLE_KEYS))
+            fixed = [k for k in self.mutations if k not in MUTABLE_KEYS]
+            if fixed:
+                raise ConfigError(f"PBT cannot change {', '.join(fixed)} mid-run (they fix the run's shapes); "
+                                  f"mutable keys: {', '.join(MUTABLE_KEYS)}")
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+
+    def param_space(self) -> dict:
+        return {**self.base, **{key: _domain(key, value) for key, value in self.search.items()}}
+
+
+def _domain(key: str, spec):
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DOMAINS:
+        raise ConfigError(f"search space of {key!r} must be one of {{{', '.join(DOMAINS)}: values}}, got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"search space of {key!r}: {kind} needs a non-empty list")
+    return DOMAINS[kind](values)
+
+
+def _example(spec: dict):
+    kind, values = next(iter(spec.items()))
+    return values[0]
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"sweep file {path} must be a mapping")
+    unknown = set(values) - set(SweepSpec.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown sweep keys {sorted(unknown)}; known: {sorted(SweepSpec.__dataclass_fields__)}")
+    return SweepSpec(**values)
+
+
+# ---- one trial ---------------------------------------------------------------------------------
+def trial_resources(config: Config) -> tune.PlacementGroupFactory:
+    """The driver of the trial (the coordinator; also the learner when shards = 0), then the shards."""
+    if config.shards == 0:
+        return tune.PlacementGroupFactory([{"CPU": 1}])
+    bundles = [{"CPU": 0.01}, {"CPU": config.learner_cpus, "GPU": config.learner_gpus}]
+    bundles += [{"CPU": config.shard_cpus, "GPU": config.shard_gpus} for _ in range(config.shards)]
+    return tune.PlacementGroupFactory([{k: v for k, v in b.items() if v} or {"CPU": 0.01} for b in bundles])
+
+
+def train_trial(values: dict) -> None:
+    """Tune's function trainable: one EDropout run, reporting and checkpointing every epoch."""
+    from .space import PruningSpace
+    from .trainer import TrainLoop, make_engine, prepare
+
+    values = dict(values)
+    params_weight = values.pop("_params_weight", 0.0)
+    config = Config.from_dict(values)
+    setup = prepare(config)
+    space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
+    total_params = sum(p.numel() for p in space.model.parameters() if p.requires_grad)
+
+    def report(loop: TrainLoop, row: dict) -> None:
+        kept = space.kept_parameters(loop.engine.best_state) / total_params
+        metrics = {"val_top1": row["val_top1"], "val_loss": row["val_loss"], "units_kept_fraction": row["kept_fraction"],
+                   "params_kept_fraction": kept, "objective": row["val_top1"] - params_weight * 100 * kept,
+                   "frozen": row["frozen"], "epoch": row["epoch"]}
+        with tempfile.TemporaryDirectory() as folder:
+            loop.checkpoint_dir = Path(folder)
+            loop.save_checkpoint()
+            (Path(folder) / "final_mask.json").write_text(json.dumps(loop.engine.best_state.int().tolist()))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    engine = make_engine(space, setup)
+    try:
+        loop = TrainLoop(engine, setup, "trial", on_epoch_end=report)
+        restored = tune.get_checkpoint()
+        if restored is not None:  # a resumed trial, or a PBT exploit of another trial's state
+            with restored.as_directory() as folder:
+                loop.restore(checkpoint.load_checkpoint(folder))
+        loop.run(progress=False)
+    finally:
+        engine.close()
+
+
+# ---- the sweep ---------------------------------------------------------------------------------
+def _scheduler(spec: SweepSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if spec.scheduler == "asha":
+        epochs = Config.from_dict({**spec.base}).epochs
+        return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=spec.grace_period)
+    if spec.scheduler == "pbt":
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=spec.perturbation_interval,
+                                       hyperparam_mutations={k: _domain(k, v) for k, v in spec.mutations.items()})
+    return FIFOScheduler()
+
+
+def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, address: str | None = None) -> list[dict]:
+    """Run (or continue) the sweep; write trials.parquet, pareto.png, best/ and return the trial rows."""
+    from .cluster import connect
+
+    output = Path(output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    connect(Config(), address)
+    probe = Config.from_dict({**spec.base, **{k: _example(v) for k, v in spec.search.items()}})
+    trainable = tune.with_resources(train_trial, trial_resources(probe))
+    tuner_path = output / "tune"
+    if resume:
+        if not tuner_path.is_dir():
+            raise ConfigError(f"no sweep to resume in {output}: {tuner_path} is missing")
+        tuner = tune.Tuner.restore(str(tuner_path), trainable, resume_unfinished=True, restart_errored=True)
+    else:
+        if tuner_path.exists():
+            raise ConfigError(f"{tuner_path} exists: pass --resume to continue that sweep, or choose a new --output")
+        (output / "sweep.json").write_text(json.dumps(spec.__dict__, indent=2, default=str))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**spec.param_space(), "_params_weight": spec.params_weight},
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=_scheduler(spec),
+                                        num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent or None),
+            run_config=tune.RunConfig(name="tune", storage_path=str(output), verbose=1,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+        )
+    if _fit_was_interrupted(tuner):
+        raise SweepInterrupted(f"the sweep was interrupted and its state saved; continue it with: "
+                               f"edropout-ray sweep --resume {output}")
+    results = tuner.get_results()
+    rows = collect(results, list(spec.search) + list(spec.mutations))
+    pq.write_table(pa.Table.from_pylist(rows), output / "trials.parquet")
+    plot_pareto(rows, output / "pareto.png")
+    best = results.get_best_result(metric=METRIC, mode="max")
+    export_best(best, output / "best")
+    return rows
+
+
+def _fit_was_interrupted(tuner) -> bool:
+    """Run the sweep; True if Ctrl-C (SIGINT) stopped it.
+
+    Tune catches the first SIGINT itself: it saves the experiment and returns normally, marking the
+    unfinished trials terminated. Its handler puts back the handler that was installed before it,
+    so a sentinel installed here tells whether Tune's handler ran.
+    """
+    def sentinel(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, sentinel)
+    try:
+        tuner.fit()
+        return signal.getsignal(signal.SIGINT) is sentinel
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def collect(results, swept: list[str]) -> list[dict]:
+    """One row per trial: its swept config values, last metrics, and whether it is on the Pareto front."""
+    rows = []
+    for result in results:
+        if result.metrics is None or "val_top1" not in (result.metrics or {}):
+            continue
+        metrics = result.metrics
+        row = {"trial_id": metrics.get("trial_id", ""), "epochs_done": metrics.get("training_iteration", 0)}
+        row |= {key: _plain(result.config.get(key)) for key in dict.fromkeys(swept)}
+        row |= {k: metrics[k] for k in ("val_top1", "val_loss", "params_kept_fraction", "units_kept_fraction",
+                                        "objective")}
+        row["error"] = str(result.error) if result.error else None
+        rows.append(row)
+    front = pareto_front([(r["val_top1"], r["params_kept_fraction"]) for r in rows])
+    for row, on_front in zip(rows, front):
+        row["pareto"] = on_front
+    return rows
+
+
+def _plain(value):
+    return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """(accuracy, parameters kept): a point is on the front if no other is at least as accurate and as
+    small, and strictly better in one."""
+    def dominated(a, b):
+        return b[0] >= a[0] and b[1] <= a[1] and (b[0] > a[0] or b[1] < a[1])
+
+    return [not any(dominated(p, q) for q in points) for p in points]
+
+
+def plot_pareto(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter([100 * r["params_kept_fraction"] for r in rows], [r["val_top1"] for r in rows], color="tab:gray",
+               label="trial")
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["params_kept_fraction"])
+    ax.plot([100 * r["params_kept_fraction"] for r in front], [r["val_top1"] for r in front], "o-", color="tab:red",
+            label="Pareto front")
+    ax.set(xlabel="trainable parameters kept (%)", ylabel="validation top-1 (%)", title="Sweep: accuracy vs size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def export_best(result, folder: Path) -> dict:
+    """Rebuild the best trial from its last checkpoint; write its report and exported model to `folder`."""
+    import torch
+
+    from .report import build_report, write_report
+    from .space import PruningSpace
+    from .trainer import prepare
+
+    values = {k: v for k, v in result.config.items() if k != "_params_weight"}
+    config = Config.from_dict(values)
+    setup = prepare(config)
+    space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    with result.checkpoint.as_directory() as saved:
+        payload = checkpoint.load_checkpoint(saved)
+        mask = torch.tensor(json.loads((Path(saved) / "final_mask.json").read_text()), dtype=torch.bool)
+    space.model.load_state_dict(payload["engine"]["learner"]["model"])
+    report = build_report(space, mask, setup, folder, dense=None, converged_at_step=None,
+                          edropout_seconds=math.nan)
+    report["config"] = values
+    write_report(report, folder)
+    (folder / "config.json").write_text(json.dumps(values, indent=2))
+    return report

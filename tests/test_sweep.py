@@ -1,0 +1,108 @@
+"""`edropout-ray sweep`: a 4-trial sweep on digits with real Ray Tune, and an interrupted one resumed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from edropout_ray.errors import ConfigError
+from edropout_ray.sweep import SweepSpec, pareto_front, trial_resources
+from edropout_ray.config import Config
+
+SWEEP = """
+base: {epochs: EPOCHS, max_steps_per_epoch: 3, converge_after: 1, batch_size: 64}
+search:
+  population_size: {grid: [4, 6]}
+  temperature: {grid: [0.0, 1.0]}
+scheduler: SCHEDULER
+params_weight: 0.1
+"""
+
+
+def sweep_command(path: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "edropout_ray", "sweep", "--config", str(path), "--output", str(output)]
+
+
+def write_sweep(tmp_path: Path, epochs: int, scheduler: str = "fifo") -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.replace("EPOCHS", str(epochs)).replace("SCHEDULER", scheduler))
+    return path
+
+
+@pytest.mark.slow
+def test_small_sweep_writes_table_plot_and_best_model(tmp_path):
+    output = tmp_path / "out"
+    done = subprocess.run(sweep_command(write_sweep(tmp_path, 2, "asha"), output), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pq.read_table(output / "trials.parquet").to_pylist()
+    assert len(rows) == 4
+    assert {(r["population_size"], r["temperature"]) for r in rows} == {(4, 0.0), (4, 1.0), (6, 0.0), (6, 1.0)}
+    for row in rows:
+        assert 0 < row["params_kept_fraction"] < 1
+        assert row["objective"] == pytest.approx(row["val_top1"] - 10 * row["params_kept_fraction"])
+    assert any(r["pareto"] for r in rows)
+    assert (output / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((output / "best" / "report.json").read_text())
+    best = max(rows, key=lambda r: r["objective"])
+    assert report["config"]["population_size"] == best["population_size"]
+    model = torch.export.load(str(output / "best" / report["exported_model"])).module()
+    assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+    assert report["export_max_abs_diff"] < 1e-4
+    assert "Trial status" in done.stdout + done.stderr, "progress is visible while it runs"
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
+    output = tmp_path / "out"
+    process = subprocess.Popen(sweep_command(write_sweep(tmp_path, 4), output), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    finished = {}
+    deadline = time.monotonic() + 600
+    while not finished and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        for result in (output / "tune").glob("*/result.json"):
+            lines = result.read_text().splitlines()
+            if len(lines) == 4:
+                finished[result] = lines
+    process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
+    process.wait(timeout=300)
+    assert finished, "a trial must have finished before the interruption"
+    assert not (output / "trials.parquet").exists(), "the sweep must have been interrupted before the end"
+
+    done = subprocess.run([sys.executable, "-m", "edropout_ray", "sweep", "--resume", str(output)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(pq.read_table(output / "trials.parquet").to_pylist()) == 4
+    for result, lines in finished.items():
+        assert result.read_text().splitlines() == lines, f"{result.parent.name} was trained again"
+
+
+def test_sweep_file_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="not a config key"):
+        SweepSpec(search={"temprature": {"grid": [0, 1]}})
+    with pytest.raises(ConfigError, match="must be one of"):
+        SweepSpec(search={"temperature": {"between": [0, 1]}})
+    with pytest.raises(ConfigError, match="cannot change population_size mid-run"):
+        SweepSpec(scheduler="pbt", mutations={"population_size": {"choice": [4, 8]}})
+    with pytest.raises(ConfigError, match="population_size must be >= 4"):
+        SweepSpec(search={"population_size": {"grid": [2, 8]}})
+
+
+def test_pareto_front():
+    points = [(90.0, 0.5), (95.0, 0.6), (89.0, 0.7), (95.0, 0.5), (80.0, 0.1)]
+    assert pareto_front(points) == [False, False, False, True, True]
+
+
+def test_trial_reserves_learner_and_shards_together():
+    bundles = trial_resources(Config(shards=3, shard_gpus=1, learner_gpus=1)).bundles
+    assert len(bundles) == 5 and sum(b.get("GPU", 0) for b in bundles) == 4
+    assert trial_resources(Config()).bundles == [{"CPU": 1}]
