@@ -338,4 +338,9 @@ class PruningSpace:
         """A physically smaller copy of the model with the pruned units removed."""
         from .export import prune_physically
 
-        return prune_physically(self, self._check_states(state))
+        state = self._check_states(state).bool().cpu()
+        for group in self.groups:
+            if not state[group.start:group.start + group.size].any():
+                raise ValueError(f"the state prunes every unit of the group rooted at {group.root!r}, which would "
+                                 "cut the network; keep at least one unit per group (population.repair_empty_groups)")
+        return prune_physically(self, state)

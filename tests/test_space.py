@@ -184,6 +184,14 @@ def test_model_with_nothing_to_prune_is_a_clear_error():
         PruningSpace(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), torch.randn(2, 1, 4, 4))
 
 
+def test_exporting_a_state_that_empties_a_layer_is_a_clear_error():
+    space = space_of("mlp")
+    state = torch.ones(space.num_units, dtype=torch.bool)
+    state[space.groups[0].start:space.groups[0].start + space.groups[0].size] = False
+    with pytest.raises(ValueError, match="keep at least one unit"):
+        space.export(state)
+
+
 def test_wrong_state_length_is_a_clear_error():
     space = space_of("mlp")
     with pytest.raises(ValueError, match="bits"):
