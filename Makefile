@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test install benchmark docker-build clean
 
 install: $(STAMP)
 
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_overhead.py
+
+IMAGE ?= edropout-ray:latest
+
+# The cluster image (needs a Docker engine); push it where the nodes can pull it and name it in clusters/
+docker-build:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf runs .pytest_cache

@@ -125,7 +125,9 @@ class TrainLoop:
                     self.step_in_epoch = index + 1
                     if config.checkpoint_every and self.engine.step_count % config.checkpoint_every == 0:
                         self.save_checkpoint()
-                self._resume_rng = None
+                if self._resume_rng is not None:  # the checkpoint was taken after this epoch's last step
+                    torch.set_rng_state(self._resume_rng)
+                    self._resume_rng = None
                 self._end_epoch(all_kept, time.perf_counter() - started)
 
     def _one_step(self, x, y, all_kept, bar) -> None:

@@ -70,3 +70,35 @@ def assert_close_outputs(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Float tolerance scaled to the outputs' magnitude (some random-init models output ~1e-6)."""
     scale = expected.abs().max().item()
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale + 1e-8)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real `ray start --head` on 127.0.0.1 with token authentication (its token in a private HOME)
+    and the job server; yields (gcs address, dashboard url, env) and stops the head afterwards."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the venv, activated
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=3",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
