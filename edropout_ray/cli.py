@@ -89,7 +89,7 @@ def _sweep(args) -> None:
     folder = args.resume or args.output
     rows = run_sweep(spec, folder, resume=bool(args.resume), address=args.address)
     for row in sorted(rows, key=lambda r: -r["objective"]):
-        swept = ", ".join(f"{k}={row[k]}" for k in list(spec.search) + list(spec.mutations) if k in row)
+        swept = ", ".join(f"{k}={row[k]}" for k in dict.fromkeys([*spec.search, *spec.mutations]) if k in row)
         print(f"{'*' if row['pareto'] else ' '} val top-1 {row['val_top1']:6.2f}%  params kept "
               f"{row['params_kept_fraction']:6.1%}  objective {row['objective']:7.2f}  {swept}")
     print(f"\n* = Pareto front. Written to {folder}/ (trials.parquet, pareto.png, best/)")

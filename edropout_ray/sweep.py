@@ -190,8 +190,10 @@ def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, addr
             param_space={**spec.param_space(), "_params_weight": spec.params_weight},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=_scheduler(spec),
                                         num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent or None),
+            # PBT exploits copy another trial's checkpoint, which must still exist then: keep them all
             run_config=tune.RunConfig(name="tune", storage_path=str(output), verbose=1,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                      checkpoint_config=tune.CheckpointConfig(
+                                          num_to_keep=None if spec.scheduler == "pbt" else 2)),
         )
     if _fit_was_interrupted(tuner):
         raise SweepInterrupted(f"the sweep was interrupted and its state saved; continue it with: "

@@ -86,6 +86,30 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
         assert result.read_text().splitlines() == lines, f"{result.parent.name} was trained again"
 
 
+PBT = """
+base: {epochs: 4, max_steps_per_epoch: 3, converge_after: 2, batch_size: 64}
+search:
+  temperature: {grid: [0.5, 2.0]}
+scheduler: pbt
+perturbation_interval: 1
+mutations:
+  temperature: {uniform: [0.0, 3.0]}
+"""
+
+
+@pytest.mark.slow
+def test_population_based_training_exploits_and_mutates(tmp_path):
+    path = tmp_path / "pbt.yaml"
+    path.write_text(PBT)
+    output = tmp_path / "out"
+    done = subprocess.run(sweep_command(path, output), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[Exploit]" in done.stdout + done.stderr
+    rows = pq.read_table(output / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(r["error"] is None for r in rows), rows
+    assert any(r["temperature"] not in (0.5, 2.0) for r in rows), "an exploited trial runs with a mutated value"
+
+
 def test_sweep_file_errors_name_the_problem():
     with pytest.raises(ConfigError, match="not a config key"):
         SweepSpec(search={"temprature": {"grid": [0, 1]}})
