@@ -159,7 +159,8 @@ def _scheduler(spec: SweepSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if spec.scheduler == "asha":
-        epochs = Config.from_dict({**spec.base}).epochs
+        searched = next(iter(spec.search["epochs"].values())) if "epochs" in spec.search else None
+        epochs = max(searched) if searched else Config.from_dict({**spec.base}).epochs
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=spec.grace_period)
     if spec.scheduler == "pbt":
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=spec.perturbation_interval,

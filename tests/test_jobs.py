@@ -1,0 +1,44 @@
+"""Every shipped job and sweep config is valid: it loads, and its model and data set exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torchvision
+import yaml
+
+from edropout_ray.config import load_config
+from edropout_ray.data import DATASETS
+from edropout_ray.sweep import load_sweep
+
+JOBS = Path(__file__).parents[1] / "jobs"
+RUN_CONFIGS = sorted(p for p in JOBS.rglob("*.yaml") if not p.name.startswith(("sweep", "runtime_env")))
+SWEEPS = sorted(JOBS.glob("sweep*.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
+def test_run_config_is_valid(path):
+    config = load_config(path)
+    assert config.dataset in DATASETS
+    assert ":" in config.model or config.model in torchvision.models.list_models(module=torchvision.models)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_config_is_valid(path):
+    spec = load_sweep(path)
+    assert spec.search, "a sweep searches something"
+
+
+def test_paper_experiments_are_all_there():
+    names = {p.stem for p in (JOBS / "paper").glob("*.yaml")}
+    for dataset in ("fashion_mnist", "kmnist", "cifar10", "cifar100", "flowers102"):
+        assert any(n.startswith(dataset + "_") for n in names), dataset
+    for model in ("resnet18", "resnet34", "resnet50", "alexnet", "squeezenet1_1"):
+        assert any(n.endswith("_" + model) for n in names), model
+
+
+def test_runtime_env_ships_the_configs_but_not_local_state():
+    env = yaml.safe_load((JOBS / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "."
+    assert {".venv", ".git", "data"} <= set(env["excludes"])
