@@ -15,7 +15,6 @@ one thread each (Ray's default for a 1-CPU actor).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time

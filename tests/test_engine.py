@@ -40,7 +40,11 @@ def test_same_seed_same_masks(digits_batch):
     runs = []
     for _ in range(2):
         engine = make_engine(Config(seed=3), x)
-        runs.append([engine.step(x, y, epoch=0) and engine.best_state.clone() for _ in range(4)])
+        masks = []
+        for _ in range(4):
+            engine.step(x, y, epoch=0)
+            masks.append(engine.best_state.clone())
+        runs.append(masks)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     other = make_engine(Config(seed=4), x)
     other.step(x, y, epoch=0)
