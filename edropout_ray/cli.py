@@ -47,14 +47,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .config import load_config
+    from .checkpoint import load_saved_config
+    from .config import load_config, parse_override
     from .report import format_table
     from .trainer import run
 
     if bool(args.output) == bool(args.resume):
         raise ConfigError("give --output DIR for a new run, or --resume DIR to continue one (not both)")
-    given = load_config(args.config, args.overrides) if (args.config or args.overrides or not args.resume) else None
     folder = args.resume or args.output
+    if args.resume:  # the saved config, with what the user gave on top: any real change is refused
+        base = load_config(args.config) if args.config else load_saved_config(folder)
+        given = base.replace(**dict(parse_override(text) for text in args.overrides))
+    else:
+        given = load_config(args.config, args.overrides)
     report = run(given, folder, progress=not args.quiet, resume=bool(args.resume), address=args.address)
     print(format_table(report))
     print(f"\nwritten to {folder}/ (report.json, pruned model, history.parquet, training.png)")
