@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
     download.add_argument("dataset")
     download.add_argument("--data-dir", default="data")
+
+    convert = commands.add_parser("convert", help="image folder (train/, val/, optional test/ of <class>/<image>) "
+                                  "to Parquet shards for `dataset: parquet`")
+    convert.add_argument("source", help="ImageNet-style folder: SOURCE/train/<class>/<image>, SOURCE/val/...")
+    convert.add_argument("destination", help="folder for <split>/part-NNNNN.parquet and classes.json")
+    convert.add_argument("--rows-per-shard", type=int, default=1000, metavar="N",
+                         help="images per Parquet file (default 1000)")
     return parser
 
 
@@ -100,6 +107,13 @@ def _sweep(args) -> None:
     print(f"\n* = Pareto front. Written to {folder}/ (trials.parquet, pareto.png, best/)")
 
 
+def _convert(args) -> None:
+    from .streaming import convert_image_folder
+
+    counts = convert_image_folder(args.source, args.destination, rows_per_shard=args.rows_per_shard)
+    print(", ".join(f"{split}: {n} images" for split, n in counts.items()) + f"; written to {args.destination}/")
+
+
 def _download(args) -> None:
     from .data import download_dataset
 
@@ -111,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        {"train": _train, "compare": _compare, "sweep": _sweep, "download": _download}[args.command](args)
+        {"train": _train, "compare": _compare, "sweep": _sweep, "download": _download,
+         "convert": _convert}[args.command](args)
     except (EDropoutError, FileNotFoundError, ValueError) as error:
         print(f"edropout-ray: error: {error}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunSetup:
     config: Config
-    data: DataSplits
+    data: DataSplits  # or streaming.StreamingSplits: num_classes, in_channels, image_size, the loaders
     device: torch.device
     train_loader: object
     val_loader: object
@@ -59,9 +59,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare(config: Config) -> RunSetup:
+def prepare(config: Config, address: str | None = None) -> RunSetup:
+    if config.dataset == "parquet":
+        return _prepare_parquet(config, address)
     if config.dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {config.dataset!r}")
+        raise ConfigError(f"dataset must be one of {', '.join(DATASETS + ('parquet',))}, got {config.dataset!r}")
     channels = 3 if is_torchvision_name(config.model) else None  # torchvision classifiers take RGB
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=channels,
                         seed=config.seed, val_fraction=config.val_fraction, augment=config.augment)
@@ -73,6 +75,18 @@ def prepare(config: Config) -> RunSetup:
         if len(data.val) else None
     test_loader = make_loader(data.test, eval_batch, shuffle=False, num_workers=config.num_workers)
     return RunSetup(config, data, device, train_loader, val_loader, test_loader)
+
+
+def _prepare_parquet(config: Config, address: str | None = None) -> RunSetup:
+    """Shards written by `edropout-ray convert` (local or s3://), streamed by Ray Data, which needs Ray."""
+    from .cluster import connect
+    from .streaming import load_streaming
+
+    connect(config, address)
+    data = load_streaming(config.data_dir, image_size=config.image_size or 224, channels=3,
+                          batch_size=config.batch_size, seed=config.seed,
+                          eval_batch_size=max(config.batch_size, 256))
+    return RunSetup(config, data, pick_device(config.device), data.train, data.val, data.test)
 
 
 def steps_per_epoch(setup: RunSetup) -> int:
@@ -216,7 +230,7 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
         raise ValueError("a config is needed unless resuming")
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    setup = prepare(config)
+    setup = prepare(config, address)
     space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(output, config)

@@ -66,7 +66,7 @@ def _fingerprints(x):
 
 
 def test_conversion_writes_shards_labels_and_classes(folders):
-    source, dest, counts = folders
+    _, dest, counts = folders
     assert counts == {"train": 21, "val": 9}
     assert json.loads((dest / "classes.json").read_text()) == CLASSES
     train_parts = sorted((dest / "train").glob("*.parquet"))
@@ -121,7 +121,7 @@ def test_load_streaming_requires_ray(folders):
 
 
 def test_loader_yields_every_row_once_in_file_order(ray_local, folders):
-    _, dest, counts = folders
+    _, dest, _ = folders
     loader = StreamingLoader(dest / "val", image_size=16, channels=3, batch_size=4)
     batches = list(loader)
     assert len(loader) == len(batches) == 3  # ceil(9 / 4), last batch partial
@@ -133,7 +133,7 @@ def test_loader_yields_every_row_once_in_file_order(ray_local, folders):
 
 
 def test_shuffled_epochs_cover_every_row_and_replay_from_generator_state(ray_local, folders):
-    _, dest, counts = folders
+    _, dest, _ = folders
     loader = StreamingLoader(dest / "train", image_size=8, channels=3, batch_size=3, shuffle=True, seed=5,
                              drop_last=True)
     reference = _fingerprints(_epoch(StreamingLoader(dest / "train", image_size=8, batch_size=21))[0])
@@ -185,3 +185,30 @@ def test_load_streaming_uses_test_split_and_rejects_unconverted_folders(ray_loca
     assert data.test.path.endswith("test") and data.test.num_rows == 9
     with pytest.raises(ValueError, match="not a converted folder"):
         load_streaming(tmp_path / "src", image_size=8, channels=3, batch_size=4, seed=0)
+
+
+# --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_convert_then_train_streams_into_learner_and_shards(tmp_path):
+    """`edropout-ray convert`, then a run with `dataset: parquet` on Ray: shards score streamed batches."""
+    import subprocess
+    import sys
+
+    source = _make_folder(tmp_path / "images")
+    command = [sys.executable, "-m", "edropout_ray"]
+    done = subprocess.run([*command, "convert", str(source), str(tmp_path / "parquet"), "--rows-per-shard", "5"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "train: 21 images" in done.stdout
+    output = tmp_path / "run"
+    done = subprocess.run(
+        [*command, "train", "--output", str(output), "--quiet", "--set", "dataset=parquet",
+         "--set", f"data_dir={tmp_path / 'parquet'}", "--set", "image_size=16", "--set", "batch_size=8",
+         "--set", "epochs=2", "--set", "shards=1", "--set", "population_size=4"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((output / "report.json").read_text())
+    assert report["dataset"] == "parquet" and report["shards"] == 1
+    assert report["params_kept"] < report["params_total"] and report["export_max_abs_diff"] < 1e-4
+    steps = pq.read_table(output / "history.parquet").to_pylist()
+    assert len(steps) == 2 * (21 // 8), "every epoch streams the training shards once, whole batches only"
