@@ -17,6 +17,7 @@ from .config import Config
 from .evaluation import evaluate
 from .learner import Learner
 from .space import PruningSpace
+from .trainer import steps_per_epoch
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
 STRATEGIES = ("min", "min_layer", "max", "random", "random_layer")
@@ -72,7 +73,7 @@ def train_with_state(space: PruningSpace, config: Config, setup, state: torch.Te
     """Train the kept units with a fixed state; stop early when validation loss stops improving."""
     learner = Learner(space, config)
     rows, best, waited = [], math.inf, 0
-    per_epoch = setup.config.max_steps_per_epoch or len(setup.train_loader)
+    per_epoch = steps_per_epoch(setup)
     for epoch in range(max_epochs):
         for index, (x, y) in enumerate(setup.train_loader):
             if index >= per_epoch:

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import ray
 
 from .config import Config
+from .plotting import png_figure
 
 BASELINES = {
     "dropnet_min": {"method": "dropnet", "dropnet_strategy": "min"},
@@ -101,22 +102,15 @@ def markdown_table(summary: list[dict], config: Config, seeds: list[int]) -> str
 
 def plot(rows: list[dict], path: Path) -> None:
     """Accuracy against parameters kept, every run a point, one colour per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
-        ax.scatter([100 * r["params_kept_fraction"] for r in mine], [r["top1"] for r in mine], label=method,
-                   marker="*" if method == "edropout" else "o", s=90 if method == "edropout" else 40)
-    ax.set(xlabel="trainable parameters kept (%)", ylabel="test top-1 (%)", title="Pruning methods, every seed")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with png_figure(path) as (_, ax):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = [r for r in rows if r["method"] == method]
+            ax.scatter([100 * r["params_kept_fraction"] for r in mine], [r["top1"] for r in mine], label=method,
+                       marker="*" if method == "edropout" else "o", s=90 if method == "edropout" else 40)
+        ax.set(xlabel="trainable parameters kept (%)", ylabel="test top-1 (%)",
+               title="Pruning methods, every seed")
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 def _progress(message: str) -> None:

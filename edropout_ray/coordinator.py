@@ -38,10 +38,7 @@ class DistributedEngine(EDropoutEngine):
         state = self.best_state
         future = self.learner.step_async(state, x, y)
         self.step_count += 1
-        energies = self.population.energies
-        record = StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
-                            mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
-                            accepted=accepted, loss=math.nan, accuracy=math.nan, frozen=self.frozen)
+        record = self._record(epoch, state, accepted, loss=math.nan, accuracy=math.nan)
         self._pending = (future, record)  # loss and accuracy are filled in when the step finishes
         self._check_convergence(epoch)
         return record

@@ -83,14 +83,16 @@ class EDropoutEngine:
         state = self.best_state
         result = self.learner.step(state, x, y)
         self.step_count += 1
-        energies = self.population.energies
-        record = StepRecord(
-            step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
-            mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
-            accepted=accepted, loss=result.loss, accuracy=result.accuracy, frozen=self.frozen,
-        )
+        record = self._record(epoch, state, accepted, result.loss, result.accuracy)
         self._check_convergence(epoch)
         return record
+
+    def _record(self, epoch: int, state: torch.Tensor, accepted: int, loss: float, accuracy: float) -> StepRecord:
+        """The history row of the step just taken with `state`."""
+        energies = self.population.energies
+        return StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
+                          mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
+                          accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen)
 
     def _check_convergence(self, epoch: int) -> None:
         """Early state convergence: freeze once the best energy has not changed for `patience` batches."""

@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .plotting import png_figure
+
 HISTORY_FILE = "history.parquet"
 EPOCHS_FILE = "epochs.parquet"
 PLOT_FILE = "training.png"
@@ -24,31 +26,23 @@ def read_rows(path: Path) -> list[dict]:
 
 def plot_history(steps: list[dict], epochs: list[dict], path: Path, dense_epochs: list[dict] | None = None) -> None:
     """Energy and kept fraction over steps; validation top-1 per epoch (dense baseline beside it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_energy, ax_kept, ax_acc) = plt.subplots(1, 3, figsize=(15, 4))
-    if steps:
-        x = [r["step"] for r in steps]
-        ax_energy.plot(x, [r["best_energy"] for r in steps], label="best")
-        ax_energy.plot(x, [r["mean_energy"] for r in steps], label="population mean", alpha=0.7)
-        ax_energy.legend()
-        ax_kept.plot(x, [r["kept_fraction"] for r in steps], color="tab:green")
-        ax_kept.set(xlabel="step", title="Best state's kept units")
-    else:  # a baseline pruner: no energies, kept units per epoch
-        ax_energy.text(0.5, 0.5, "no energies for this method", ha="center", va="center")
-        ax_kept.plot(range(len(epochs)), [r["kept_fraction"] for r in epochs], color="tab:green", marker=".")
-        ax_kept.set(xlabel="training epoch (all cycles)", title="Kept units")
-    ax_energy.set(xlabel="step", ylabel="energy", title="Energy (lower is better)")
-    ax_kept.set(ylabel="fraction of units kept", ylim=(0, 1.05))
-    ax_acc.plot(range(len(epochs)), [r["val_top1"] for r in epochs], marker="o", label="pruned network")
-    if dense_epochs:
-        ax_acc.plot(range(len(dense_epochs)), [r["val_top1"] for r in dense_epochs], marker="s",
-                    label="dense baseline")
-    ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Accuracy per epoch")
-    ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with png_figure(path, 1, 3, figsize=(15, 4)) as (_, (ax_energy, ax_kept, ax_acc)):
+        if steps:
+            x = [r["step"] for r in steps]
+            ax_energy.plot(x, [r["best_energy"] for r in steps], label="best")
+            ax_energy.plot(x, [r["mean_energy"] for r in steps], label="population mean", alpha=0.7)
+            ax_energy.legend()
+            ax_kept.plot(x, [r["kept_fraction"] for r in steps], color="tab:green")
+            ax_kept.set(xlabel="step", title="Best state's kept units")
+        else:  # a baseline pruner: no energies, kept units per epoch
+            ax_energy.text(0.5, 0.5, "no energies for this method", ha="center", va="center")
+            ax_kept.plot(range(len(epochs)), [r["kept_fraction"] for r in epochs], color="tab:green", marker=".")
+            ax_kept.set(xlabel="training epoch (all cycles)", title="Kept units")
+        ax_energy.set(xlabel="step", ylabel="energy", title="Energy (lower is better)")
+        ax_kept.set(ylabel="fraction of units kept", ylim=(0, 1.05))
+        ax_acc.plot(range(len(epochs)), [r["val_top1"] for r in epochs], marker="o", label="pruned network")
+        if dense_epochs:
+            ax_acc.plot(range(len(dense_epochs)), [r["val_top1"] for r in dense_epochs], marker="s",
+                        label="dense baseline")
+        ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Accuracy per epoch")
+        ax_acc.legend()

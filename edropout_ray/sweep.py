@@ -25,6 +25,7 @@ from ray import tune
 from . import checkpoint
 from .config import Config
 from .errors import ConfigError
+from .plotting import png_figure
 
 SCHEDULERS = ("fifo", "asha", "pbt")
 # keys PBT may change mid-run: they steer selection and the schedule, not the shapes of the run
@@ -259,23 +260,16 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def plot_pareto(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter([100 * r["params_kept_fraction"] for r in rows], [r["val_top1"] for r in rows], color="tab:gray",
-               label="trial")
-    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["params_kept_fraction"])
-    ax.plot([100 * r["params_kept_fraction"] for r in front], [r["val_top1"] for r in front], "o-", color="tab:red",
-            label="Pareto front")
-    ax.set(xlabel="trainable parameters kept (%)", ylabel="validation top-1 (%)", title="Sweep: accuracy vs size")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with png_figure(path) as (_, ax):
+        ax.scatter([100 * r["params_kept_fraction"] for r in rows], [r["val_top1"] for r in rows],
+                   color="tab:gray", label="trial")
+        front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["params_kept_fraction"])
+        ax.plot([100 * r["params_kept_fraction"] for r in front], [r["val_top1"] for r in front], "o-",
+                color="tab:red", label="Pareto front")
+        ax.set(xlabel="trainable parameters kept (%)", ylabel="validation top-1 (%)",
+               title="Sweep: accuracy vs size")
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 def export_best(result, folder: Path) -> dict:
