@@ -278,7 +278,7 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload:
         if payload is not None:
             loop.restore(payload)
         loop.run(progress)
-        engine.finish()
+        engine.finish()  # again: a resumed run that had already finished runs no epoch
     finally:
         engine.close()
     return engine.best_state.clone(), loop.step_rows, loop.epoch_rows
