@@ -19,6 +19,8 @@ _CHOICES = {
     "dropnet_strategy": ("min", "min_layer", "max", "random", "random_layer"),
     "dropnet_reset": ("initial", "random"),
     "optimizer": ("adadelta", "sgd", "adam"),
+    "selection": ("paired", "rescore", "reference"),
+    "lr_schedule": ("cosine", "step"),
     "scoring": ("auto", "loop", "vmap"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -45,17 +47,19 @@ class Config:
     p_init: float = 0.5
     mutation_factor: float = 0.9
     crossover_rate: float = 0.9
-    rescore_parents: bool = False
+    selection: str = "paired"
     energy: str = "margin"
     kappa: float = 10.0
     # pruning schedule: freeze the best state once it is stable, from this epoch on
     converge_after: int | None = None
     converge_patience: int = 10
+    converge_diversity: float = 0.02
     # learner
     optimizer: str = "adadelta"
     lr: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 1e-5
+    lr_schedule: str = "step"
     lr_step: int = 50
     lr_gamma: float = 0.1
     # run
@@ -120,6 +124,8 @@ class Config:
         need(self.converge_after is None or self.converge_after >= 0,
              f"converge_after must be an epoch index >= 0 or null (never freeze), got {self.converge_after}")
         need(self.converge_patience >= 1, f"converge_patience must be >= 1, got {self.converge_patience}")
+        need(0 <= self.converge_diversity < 1, f"converge_diversity (fraction of units) must be in [0, 1), got "
+             f"{self.converge_diversity}")
         need(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.lr_step >= 1, f"lr_step (epochs between learning-rate decays) must be >= 1, got {self.lr_step}")
@@ -176,6 +182,8 @@ def _coerce(name: str, value, expected):
         elif option is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
+            if isinstance(value, str) and _is_exponent_number(value):
+                return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
         elif option is str:
             if isinstance(value, str):
                 return value
@@ -183,6 +191,14 @@ def _coerce(name: str, value, expected):
             return value
     wanted = " or ".join("null" if o is type(None) else o.__name__ for o in options)
     raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def _is_exponent_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "e" in text.lower() and math.isfinite(float(text))
 
 
 def parse_override(text: str) -> tuple[str, object]:

@@ -6,8 +6,6 @@ vectorized score; on Ray it scatters the states over shard actors. Same step, tw
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +13,7 @@ import torch
 
 from .config import Config
 from .learner import Learner
-from .population import Population, reference_operator, repair_empty_groups
+from .population import Population, diversity, reference_operator, repair_empty_groups
 from .space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -32,6 +30,7 @@ class StepRecord:
     loss: float
     accuracy: float
     frozen: bool
+    diversity: float  # mean Hamming distance between members, fraction of units (after selection)
 
 
 class EDropoutEngine:
@@ -46,7 +45,9 @@ class EDropoutEngine:
         self.learner = learner or Learner(space, config)
         self.scorer = scorer or self.local_scorer
         self.final_mask: torch.Tensor | None = None
-        self.recent_best: deque[float] = deque(maxlen=config.converge_patience)
+        self.previous_best: torch.Tensor | None = None
+        self.best_unchanged = 0  # steps for which the best state has stayed the same
+        self.freeze_reason: str | None = None
         self.step_count = 0
 
     def local_scorer(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -66,15 +67,24 @@ class EDropoutEngine:
         return repair_empty_groups(children, self.space.group_sizes, self.generator)
 
     def evolve(self, x: torch.Tensor, y: torch.Tensor) -> int:
-        """One generation on this batch; returns how many children were accepted."""
-        if not self.population.scored:
-            self.population.energies = self.scorer(self.population.states, x, y).float()
+        """One generation on this batch; returns how many children were accepted.
+
+        `selection` decides what a child is compared with: 'reference' keeps each parent's energy
+        from the batch it was last scored on (S forwards; a parent scored on an easy batch then
+        holds a record no child beats); 'rescore' scores parents and children on this batch (2S
+        forwards); 'paired' does the same on half of the batch (about the cost of S forwards).
+        """
         children = self.propose()
-        if self.config.rescore_parents:
+        if self.config.selection == "reference":
+            if not self.population.scored:
+                self.population.energies = self.scorer(self.population.states, x, y).float()
+            child_energies = self.scorer(children, x, y).float()
+        else:
+            if self.config.selection == "paired":
+                half = max(1, len(x) // 2)
+                x, y = x[:half], y[:half]
             both = self.scorer(torch.cat([self.population.states, children]), x, y).float()
             self.population.energies, child_energies = both.split(len(children))
-        else:
-            child_energies = self.scorer(children, x, y).float()
         accepted = self.population.select(children, child_energies, self.config.temperature, self.generator)
         return int(accepted.sum())
 
@@ -92,17 +102,32 @@ class EDropoutEngine:
         energies = self.population.energies
         return StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
                           mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
-                          accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen)
+                          accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen,
+                          diversity=diversity(self.population.states))
 
     def _check_convergence(self, epoch: int) -> None:
-        """Early state convergence: freeze once the best energy has not changed for `patience` batches."""
+        """Early state convergence: from epoch `converge_after` on, freeze the best state once the
+        population agrees (diversity at most `converge_diversity`) or the best state has stayed the
+        same for `converge_patience` steps. Both look at states, not at the best energy, which a
+        stalled selection also keeps unchanged. With parents scored on the children's batch
+        ('paired', 'rescore') a state that stays best is one no child beat on fresh batches; under
+        the reference's stale energies a stall still looks like convergence."""
         if self.frozen or self.config.converge_after is None:
             return
-        self.recent_best.append(self.population.best_energy)
-        if epoch < self.config.converge_after or len(self.recent_best) < self.recent_best.maxlen:
+        best = self.population.best_state
+        same = self.previous_best is not None and torch.equal(best, self.previous_best)
+        self.best_unchanged = self.best_unchanged + 1 if same else 0
+        self.previous_best = best.clone()
+        if epoch < self.config.converge_after:
             return
-        if all(math.isclose(e, self.recent_best[0], rel_tol=0, abs_tol=0) for e in self.recent_best):
-            self.final_mask = self.population.best_state.clone()
+        spread = diversity(self.population.states)
+        if spread <= self.config.converge_diversity:
+            self.freeze_reason = f"the population agrees (diversity {spread:.3f} <= {self.config.converge_diversity})"
+        elif self.best_unchanged >= self.config.converge_patience:
+            self.freeze_reason = f"the best state was the same for {self.best_unchanged} steps"
+        else:
+            return
+        self.final_mask = best.clone()
 
     def end_epoch(self) -> None:
         self.learner.end_epoch()
@@ -112,7 +137,8 @@ class EDropoutEngine:
         return {
             "states": self.population.states.clone(), "energies": self.population.energies.clone(),
             "generator": self.generator.get_state(), "step_count": self.step_count,
-            "recent_best": list(self.recent_best), "final_mask": self.final_mask,
+            "previous_best": self.previous_best, "best_unchanged": self.best_unchanged,
+            "final_mask": self.final_mask, "freeze_reason": self.freeze_reason,
             "learner": self.learner.state_dict(),
         }
 
@@ -121,8 +147,8 @@ class EDropoutEngine:
         self.population.energies = state["energies"].clone()
         self.generator.set_state(state["generator"])
         self.step_count = state["step_count"]
-        self.recent_best.clear()
-        self.recent_best.extend(state["recent_best"])
+        self.previous_best, self.best_unchanged = state["previous_best"], state["best_unchanged"]
+        self.freeze_reason = state["freeze_reason"]
         self.final_mask = state["final_mask"]
         self.learner.load_state_dict(state["learner"])
 

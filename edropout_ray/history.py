@@ -25,21 +25,23 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def plot_history(steps: list[dict], epochs: list[dict], path: Path, dense_epochs: list[dict] | None = None) -> None:
-    """Energy and kept fraction over steps; validation top-1 per epoch (dense baseline beside it)."""
+    """Energy, kept fraction and diversity over steps; validation top-1 per epoch (and the dense baseline's)."""
     with png_figure(path, 1, 3, figsize=(15, 4)) as (_, (ax_energy, ax_kept, ax_acc)):
         if steps:
             x = [r["step"] for r in steps]
             ax_energy.plot(x, [r["best_energy"] for r in steps], label="best")
             ax_energy.plot(x, [r["mean_energy"] for r in steps], label="population mean", alpha=0.7)
             ax_energy.legend()
-            ax_kept.plot(x, [r["kept_fraction"] for r in steps], color="tab:green")
-            ax_kept.set(xlabel="step", title="Best state's kept units")
+            ax_kept.plot(x, [r["kept_fraction"] for r in steps], color="tab:green", label="best state's units kept")
+            ax_kept.plot(x, [r["diversity"] for r in steps], color="tab:purple", label="population diversity")
+            ax_kept.legend()
+            ax_kept.set(xlabel="step", title="Kept units and diversity")
         else:  # a baseline pruner: no energies, kept units per epoch
             ax_energy.text(0.5, 0.5, "no energies for this method", ha="center", va="center")
             ax_kept.plot(range(len(epochs)), [r["kept_fraction"] for r in epochs], color="tab:green", marker=".")
             ax_kept.set(xlabel="training epoch (all cycles)", title="Kept units")
         ax_energy.set(xlabel="step", ylabel="energy", title="Energy (lower is better)")
-        ax_kept.set(ylabel="fraction of units kept", ylim=(0, 1.05))
+        ax_kept.set(ylabel="fraction of units", ylim=(0, 1.05))
         ax_acc.plot(range(len(epochs)), [r["val_top1"] for r in epochs], marker="o", label="pruned network")
         if dense_epochs:
             ax_acc.plot(range(len(dense_epochs)), [r["val_top1"] for r in dense_epochs], marker="s",

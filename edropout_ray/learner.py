@@ -28,6 +28,14 @@ def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch. 'cosine' anneals to zero over the run's epochs, so a short budget
+    still ends at a small learning rate; 'step' is the paper's StepLR."""
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -41,8 +49,7 @@ class Learner:
         self.space = space
         self.model = space.model
         self.optimizer = make_optimizer(self.model.parameters(), config)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=config.lr_step,
-                                                         gamma=config.lr_gamma)
+        self.scheduler = make_schedule(self.optimizer, config)
         self._cached_state: torch.Tensor | None = None
         self._cached_masks: dict[str, torch.Tensor] = {}
 

@@ -57,6 +57,18 @@ def accept_children(parent_energies: torch.Tensor, child_energies: torch.Tensor,
     return (child_energies < parent_energies) | (uniform.double() < torch.exp(log_accept))
 
 
+def diversity(states: torch.Tensor) -> float:
+    """Mean Hamming distance between two distinct members, as a fraction of the units (0 = all equal).
+
+    Counted per unit from how many members keep it (k of S: k (S - k) differing pairs), so it
+    costs O(S U), not O(S^2 U).
+    """
+    num_states = states.shape[0]
+    kept = states.sum(dim=0, dtype=torch.float64)
+    pairs = num_states * (num_states - 1) / 2
+    return float((kept * (num_states - kept)).mean() / pairs)
+
+
 def repair_empty_groups(states: torch.Tensor, group_sizes: list[int], generator: torch.Generator) -> torch.Tensor:
     """Keep at least one unit in every coupled group, so every state stays physically removable.
 

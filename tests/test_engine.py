@@ -90,3 +90,87 @@ def test_nan_loss_is_a_clear_error_and_changes_nothing(digits_batch):
     after = engine.space.model.state_dict()
     for name, value in before.items():
         assert torch.equal(after[name], value), f"{name} changed by a NaN batch"
+
+
+class _Recorder:
+    """Wraps a scorer and notes (number of states, batch size) of every call."""
+
+    def __init__(self, scorer):
+        self.scorer, self.calls, self.energies = scorer, [], []
+
+    def __call__(self, states, x, y):
+        self.calls.append((len(states), len(x)))
+        self.energies.append(self.scorer(states, x, y))
+        return self.energies[-1]
+
+
+def test_paired_selection_scores_parents_and_children_on_half_the_batch(digits_batch):
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, selection="paired"), x)
+    engine.scorer = recorder = _Recorder(engine.scorer)
+    parents = engine.population.states.clone()
+    engine.step(x, y, epoch=0)
+    assert recorder.calls == [(2 * 8, len(x) // 2)], "one call: S parents and S children, on half the batch"
+    expected = recorder.energies[0]
+    kept_parent = ~(engine.population.states != parents).any(dim=1)
+    assert torch.allclose(engine.population.energies[kept_parent], expected[:8][kept_parent])
+    assert torch.allclose(engine.population.energies[~kept_parent], expected[8:][~kept_parent])
+
+
+def test_reference_selection_scores_only_children_after_the_first_step(digits_batch):
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, selection="reference"), x)
+    engine.scorer = recorder = _Recorder(engine.scorer)
+    engine.step(x, y, epoch=0)
+    engine.step(x, y, epoch=0)
+    assert recorder.calls == [(8, len(x)), (8, len(x)), (8, len(x))]
+
+
+def test_a_stalled_selection_is_not_convergence(digits_batch):
+    """No child is ever accepted, but the parents' fresh energies keep changing the best member."""
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, converge_after=0, converge_patience=5), x)
+    noise = torch.Generator().manual_seed(1)
+
+    def stalled(states, xb, yb):
+        half = len(states) // 2
+        return torch.cat([torch.rand(half, generator=noise), torch.full((half,), 10.0)])
+
+    engine.scorer = stalled
+    records = [engine.step(x, y, epoch=1) for _ in range(40)]
+    assert all(r.accepted == 0 for r in records)
+    assert not engine.frozen, engine.freeze_reason
+    assert records[-1].diversity > 0.3
+
+
+def test_a_population_that_agrees_freezes(digits_batch):
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, converge_after=0, converge_patience=1000), x)
+    engine.population.states[:] = engine.population.states[0]
+    engine.scorer = lambda states, xb, yb: torch.cat([torch.rand(len(states) // 2), torch.full((len(states) // 2,), 9.0)])
+    record = engine.step(x, y, epoch=0)
+    assert record.diversity == 0.0
+    assert engine.frozen and "agrees" in engine.freeze_reason
+    assert torch.equal(engine.final_mask, engine.population.states[0])
+
+
+@pytest.mark.slow
+def test_default_selection_keeps_accepting_until_it_converges():
+    """Digits, the default selection: children are still accepted in the epoch before the freeze,
+    and the freeze comes from the states' convergence test."""
+    data = load_dataset("digits", "unused", seed=0)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=64, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0), drop_last=True)
+    x0, _ = next(iter(loader))
+    engine = make_engine(Config(seed=0, converge_after=3), x0)
+    records = []
+    for epoch in range(12):
+        for x, y in loader:
+            records.append(engine.step(x, y, epoch))
+        if engine.frozen:
+            break
+    assert engine.frozen, "the population converged within 12 epochs"
+    frozen_at = next(r for r in records if r.frozen)
+    before = [r for r in records if r.epoch == frozen_at.epoch - 1]
+    assert sum(r.accepted for r in before) > 0, "selection still accepted children in the epoch before the freeze"
+    assert engine.freeze_reason is not None
