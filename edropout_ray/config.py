@@ -28,7 +28,9 @@ _CHOICES = {
 
 @dataclass
 class Config:
-    """Every knob of a run. Defaults follow the paper (ALGORITHM.md) except the budget."""
+    """Every knob of a run. Population and evolution follow the paper (ALGORITHM.md); selection
+    and the training recipe are the ones measured to train stably in short budgets (README,
+    "Pruning quality"); jobs/paper/ holds the paper's own recipe."""
 
     # what to prune, on what
     model: str = "edropout_ray.models:small_cnn"
@@ -50,16 +52,17 @@ class Config:
     selection: str = "paired"
     energy: str = "margin"
     kappa: float = 10.0
-    # pruning schedule: freeze the best state once it is stable, from this epoch on
-    converge_after: int | None = None
+    # pruning schedule: freeze the best state once the population has converged, from this epoch on
+    # (an epoch index, or a fraction of `epochs`; null = never)
+    converge_after: int | float | None = 0.5
     converge_patience: int = 10
     converge_diversity: float = 0.02
     # learner
-    optimizer: str = "adadelta"
-    lr: float = 1.0
+    optimizer: str = "sgd"
+    lr: float = 0.05
     momentum: float = 0.9
-    weight_decay: float = 1e-5
-    lr_schedule: str = "step"
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"
     lr_step: int = 50
     lr_gamma: float = 0.1
     # run
@@ -121,8 +124,10 @@ class Config:
         need(0 < self.dropnet_fraction < 1, f"dropnet_fraction must be in (0, 1), got {self.dropnet_fraction}")
         need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
         need(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
-        need(self.converge_after is None or self.converge_after >= 0,
-             f"converge_after must be an epoch index >= 0 or null (never freeze), got {self.converge_after}")
+        need(self.converge_after is None or (isinstance(self.converge_after, int) and self.converge_after >= 0)
+             or 0 < self.converge_after < 1,
+             f"converge_after must be an epoch index >= 0, a fraction of the epochs in (0, 1), or null (never "
+             f"freeze), got {self.converge_after}")
         need(self.converge_patience >= 1, f"converge_patience must be >= 1, got {self.converge_patience}")
         need(0 <= self.converge_diversity < 1, f"converge_diversity (fraction of units) must be in [0, 1), got "
              f"{self.converge_diversity}")
@@ -154,6 +159,13 @@ class Config:
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError(f"unknown config key {', '.join(hints)}; see the README's config reference")
         return cls(**values)
+
+    @property
+    def converge_epoch(self) -> int | None:
+        """The first epoch in which the population may freeze (None: never)."""
+        if isinstance(self.converge_after, float):
+            return int(self.converge_after * self.epochs)
+        return self.converge_after
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

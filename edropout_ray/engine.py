@@ -106,19 +106,19 @@ class EDropoutEngine:
                           diversity=diversity(self.population.states))
 
     def _check_convergence(self, epoch: int) -> None:
-        """Early state convergence: from epoch `converge_after` on, freeze the best state once the
+        """Early state convergence: from epoch `converge_after` on (config.converge_epoch), freeze the best state once the
         population agrees (diversity at most `converge_diversity`) or the best state has stayed the
         same for `converge_patience` steps. Both look at states, not at the best energy, which a
         stalled selection also keeps unchanged. With parents scored on the children's batch
         ('paired', 'rescore') a state that stays best is one no child beat on fresh batches; under
         the reference's stale energies a stall still looks like convergence."""
-        if self.frozen or self.config.converge_after is None:
+        if self.frozen or self.config.converge_epoch is None:
             return
         best = self.population.best_state
         same = self.previous_best is not None and torch.equal(best, self.previous_best)
         self.best_unchanged = self.best_unchanged + 1 if same else 0
         self.previous_best = best.clone()
-        if epoch < self.config.converge_after:
+        if epoch < self.config.converge_epoch:
             return
         spread = diversity(self.population.states)
         if spread <= self.config.converge_diversity:
