@@ -2,7 +2,7 @@
 
 Every (method, seed) is one Ray task running the ordinary one-process `run`, so the methods train
 in parallel as far as the cluster's CPUs allow. EDropout runs first for each seed; the baselines
-are then pruned to the fraction of units that seed's EDropout kept, so points line up.
+are then pruned to the fraction of parameters that seed's EDropout kept, so points line up.
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
 
     edropout = dict(zip(seeds, ray.get([launch("edropout", s, {}) for s in seeds])))
     _progress(f"EDropout done for seeds {seeds}; running {', '.join(BASELINES)}")
-    pending = {(name, s): launch(name, s, changes | {"prune_target": edropout[s]["units_kept_fraction"]})
-               for name, changes in BASELINES.items() for s in seeds}
+    # held to the parameters (not only the units) that the same seed's EDropout kept
+    sizes = {s: {"prune_target": r["units_kept_fraction"], "prune_target_params": r["params_kept_fraction"]}
+             for s, r in edropout.items()}
+    pending = {(name, s): launch(name, s, changes | sizes[s]) for name, changes in BASELINES.items() for s in seeds}
     reports = {("edropout", s): r for s, r in edropout.items()}
     reports |= dict(zip(pending, ray.get(list(pending.values()))))
     rows = [{"method": name, "seed": seed, **{m: float(r[m]) for m in METRICS}} for (name, seed), r in reports.items()]

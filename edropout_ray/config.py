@@ -71,9 +71,11 @@ class Config:
     scoring: str = "auto"
     device: str = "auto"
     num_workers: int = 0
-    # pruning method: EDropout, or a baseline pruned to `prune_target` (fraction of units kept)
+    # pruning method: EDropout, or a baseline pruned to `prune_target` (fraction of units kept) or to
+    # `prune_target_params` (fraction of parameters kept)
     method: str = "edropout"
     prune_target: float = 0.5
+    prune_target_params: float | None = None  # fraction of trainable parameters; overrides prune_target
     dropnet_strategy: str = "min"
     dropnet_fraction: float = 0.2
     dropnet_reset: str = "initial"
@@ -121,6 +123,9 @@ class Config:
         need(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         need(0 < self.prune_target <= 1, f"prune_target (fraction of units kept) must be in (0, 1], got "
              f"{self.prune_target}")
+        need(self.prune_target_params is None or 0 < self.prune_target_params <= 1,
+             f"prune_target_params (fraction of parameters kept) must be in (0, 1] or null, got "
+             f"{self.prune_target_params}")
         need(0 < self.dropnet_fraction < 1, f"dropnet_fraction must be in (0, 1), got {self.dropnet_fraction}")
         need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
         need(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
