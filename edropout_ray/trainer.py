@@ -1,4 +1,4 @@
-"""A whole EDropout run: data, model, training loop (one process or Ray), checkpoints, report.
+"""A whole run: data, model, training (EDropout in one process or on Ray, or a baseline), checkpoints, report.
 
 `run(config, output_dir)` is the plain function a Tune trainable or a Ray job wraps.
 """
@@ -52,7 +52,7 @@ def resume_config(output: Path, given: Config | None) -> Config:
 
 def run(config: Config | None, output_dir: str | Path, progress: bool = True, *, resume: bool = False,
         address: str | None = None) -> dict:
-    """Train with EDropout, export the pruned model, write every artifact, return the report."""
+    """Prune with the configured method, export the pruned model, write every artifact, return the report."""
     output = Path(output_dir)
     payload = None
     if resume:
