@@ -1,7 +1,8 @@
 """The pruners EDropout is compared with: DropNet (Tan & Motani, ICML 2020), L1-norm and random.
 
-They share EDropout's pruning space, learner (pruned units never move) and report: each returns
-the trained space and a final state, and the caller measures and exports it like EDropout's.
+They share EDropout's pruning space, training loop, learner (pruned units never move) and report:
+each returns the trained space and a final state, and the caller measures and exports it like
+EDropout's.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config
-from .evaluation import evaluate
-from .learner import Learner
+from .engine import EDropoutEngine
+from .loop import TrainLoop
+from .setup import RunSetup
 from .space import PruningSpace
-from .trainer import steps_per_epoch
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
 STRATEGIES = ("min", "min_layer", "max", "random", "random_layer")
@@ -68,33 +69,16 @@ class PrunedRun:
     epoch_rows: list[dict]
 
 
-def train_with_state(space: PruningSpace, config: Config, setup, state: torch.Tensor, max_epochs: int,
-                     patience: int | None, label: str) -> list[dict]:
-    """Train the kept units with a fixed state; stop early when validation loss stops improving."""
-    learner = Learner(space, config)
-    rows, best, waited = [], math.inf, 0
-    per_epoch = steps_per_epoch(setup)
-    for epoch in range(max_epochs):
-        for index, (x, y) in enumerate(setup.train_loader):
-            if index >= per_epoch:
-                break
-            learner.step(state, x.to(setup.device), y.to(setup.device))
-        learner.end_epoch()
-        val = evaluate(space, state, setup.val_loader, setup.device) if setup.val_loader else None
-        rows.append({"epoch": epoch, "val_top1": val and val["top1"], "val_loss": val and val["loss"],
-                     "kept_fraction": float(state.float().mean()), "label": label})
-        if val is None or patience is None:
-            continue
-        if val["loss"] < best:
-            best, waited = val["loss"], 0
-        else:
-            waited += 1
-            if waited >= patience:
-                break
-    return rows
+def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Tensor, epochs: int,
+           patience: int | None, label: str) -> list[dict]:
+    """One phase: the kept units of a fixed state trained by the shared loop, with a fresh optimizer."""
+    loop = TrainLoop(EDropoutEngine(space, config), setup, f"{config.method} {label}", state=state, epochs=epochs,
+                     patience=patience)
+    loop.run(progress=False)
+    return [row | {"label": label} for row in loop.epoch_rows]
 
 
-def run_dropnet(space: PruningSpace, config: Config, setup, keep_fraction: float) -> PrunedRun:
+def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup, keep_fraction: float) -> PrunedRun:
     """Train, remove `dropnet_fraction` of the units by mean activation, reset, repeat to the target."""
     generator = torch.Generator().manual_seed(config.seed)
     layer = layer_of_units(space)
@@ -107,7 +91,7 @@ def run_dropnet(space: PruningSpace, config: Config, setup, keep_fraction: float
     rows: list[dict] = []
     for cycle in range(cycles + 1):
         budget = per_cycle if cycle < cycles else max(1, config.epochs - len(rows))
-        rows += train_with_state(space, config, setup, state, budget, config.dropnet_patience, f"cycle {cycle}")
+        rows += _train(space, config, setup, state, budget, config.dropnet_patience, f"cycle {cycle}")
         kept = float(state.float().mean())
         print(f"[dropnet-{config.dropnet_strategy}] cycle {cycle + 1}/{cycles + 1}: units kept {kept:.1%}",
               file=sys.stderr, flush=True)
@@ -122,7 +106,7 @@ def run_dropnet(space: PruningSpace, config: Config, setup, keep_fraction: float
     return PrunedRun(state, rows)
 
 
-def _reset(space: PruningSpace, initial: dict, config: Config, setup, cycle: int) -> None:
+def _reset(space: PruningSpace, initial: dict, config: Config, setup: RunSetup, cycle: int) -> None:
     if config.dropnet_reset == "initial":  # lottery-ticket style
         space.model.load_state_dict(initial)
     else:  # a fresh random initialization, different every cycle
@@ -130,22 +114,23 @@ def _reset(space: PruningSpace, initial: dict, config: Config, setup, cycle: int
         space.model.load_state_dict(fresh.to(setup.device).state_dict())
 
 
-def run_ranked(space: PruningSpace, config: Config, setup, keep_fraction: float, criterion: str) -> PrunedRun:
+def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, keep_fraction: float,
+               criterion: str) -> PrunedRun:
     """Train dense for half the budget, keep the best units by `criterion` ('l1' or 'random'), fine-tune."""
     dense_epochs = max(1, config.epochs // 2)
     all_kept = torch.ones(space.num_units, dtype=torch.bool)
-    rows = train_with_state(space, config, setup, all_kept, dense_epochs, None, "dense")
+    rows = _train(space, config, setup, all_kept, dense_epochs, None, "dense")
     layer = layer_of_units(space)
     if criterion == "l1":
         scores = weight_l1_norms(space)
     else:
         scores = torch.rand(space.num_units, generator=torch.Generator().manual_seed(config.seed))
     state = keep_top(scores, keep_fraction, layer, per_layer=config.l1_per_layer and criterion == "l1")
-    rows += train_with_state(space, config, setup, state, max(1, config.epochs - dense_epochs), None, "fine-tune")
+    rows += _train(space, config, setup, state, max(1, config.epochs - dense_epochs), None, "fine-tune")
     return PrunedRun(state, rows)
 
 
-def run_baseline(space: PruningSpace, config: Config, setup) -> PrunedRun:
+def run_baseline(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
     """Dispatch on `config.method` (anything but 'edropout')."""
     keep = config.prune_target
     if config.method == "dropnet":

@@ -1,50 +1,18 @@
-"""Physical removal of pruned units, measurement, and a saved model that loads without this project.
+"""Measurement of a pruned model, and a saved model that loads without this project.
 
-Removal is Torch-Pruning's: a fresh dependency graph on a copy of the model, and for each group
-the pruned channels removed from every coupled layer.
+The physical removal itself is `removal.prune_physically`, reached through `PruningSpace.export`.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-if TYPE_CHECKING:
-    from .space import PruningSpace
-
 EXPORT_FILE = "pruned_model.pt2"
-
-
-def prune_physically(space: "PruningSpace", state: torch.Tensor) -> nn.Module:
-    model = copy.deepcopy(space.model)
-    was_training = model.training
-    model.eval()  # tracing must not update normalization statistics
-    with torch.enable_grad():  # the graph is traced through autograd
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(space.example_inputs, model),
-                                                      verbose=False)
-    modules = dict(model.named_modules())
-    state = state.bool().cpu()
-    for group in space.groups:
-        pruned = (~state[group.start:group.start + group.size]).nonzero().squeeze(1).tolist()
-        if not pruned:
-            continue
-        root = modules[group.root]
-        pruner = graph.get_pruner_of_module(root)
-        graph.get_pruning_group(root, pruner.prune_out_channels, pruned).prune()
-    model.train(was_training)
-    return model
-
-
-def _like_model(inputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """Inputs on the model's device, and in its precision when they are floating point."""
-    some = next(model.parameters())
-    dtype = some.dtype if inputs.is_floating_point() else inputs.dtype
-    return inputs.to(device=some.device, dtype=dtype)
 
 
 def count_parameters(model: nn.Module) -> int:

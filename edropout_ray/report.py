@@ -13,7 +13,7 @@ from .export import count_macs, count_parameters, load_exported, save_exported
 from .space import PruningSpace
 
 if TYPE_CHECKING:
-    from .trainer import RunSetup
+    from .setup import RunSetup
 
 REPORT_FILE = "report.json"
 RANDOM_PRUNE_FRACTIONS = (0.25, 0.5, 0.75)

@@ -24,6 +24,7 @@ from torch.func import functional_call, vmap
 
 from .energies import Energy, resolve_energy
 from .errors import NothingToPruneError, UnsupportedModelError
+from .removal import prune_physically
 
 log = logging.getLogger(__name__)
 
@@ -336,11 +337,9 @@ class PruningSpace:
 
     def export(self, state: torch.Tensor) -> nn.Module:
         """A physically smaller copy of the model with the pruned units removed."""
-        from .export import prune_physically
-
         state = self._check_states(state).bool().cpu()
         for group in self.groups:
             if not state[group.start:group.start + group.size].any():
                 raise ValueError(f"the state prunes every unit of the group rooted at {group.root!r}, which would "
                                  "cut the network; keep at least one unit per group (population.repair_empty_groups)")
-        return prune_physically(self, state)
+        return prune_physically(self.model, self.groups, self.example_inputs, state)

@@ -122,8 +122,10 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
 
 def train_trial(values: dict) -> None:
     """Tune's function trainable: one EDropout run, reporting and checkpointing every epoch."""
+    from .loop import TrainLoop
+    from .setup import prepare
     from .space import PruningSpace
-    from .trainer import TrainLoop, make_engine, prepare
+    from .trainer import make_engine
 
     values = dict(values)
     params_weight = values.pop("_params_weight", 0.0)
@@ -277,8 +279,8 @@ def export_best(result, folder: Path) -> dict:
     import torch
 
     from .report import build_report, write_report
+    from .setup import prepare
     from .space import PruningSpace
-    from .trainer import prepare
 
     values = {k: v for k, v in result.config.items() if k != "_params_weight"}
     config = Config.from_dict(values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
 
 from edropout_ray.data import (
     DATASETS,
@@ -26,19 +29,34 @@ RNG = np.random.default_rng(0)
 # --------------------------------------------------------------------------- writers
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """uint8 idx file: magic 0x0000 08 <ndim>, big-endian int32 dims, raw bytes."""
+def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
+    """uint8 idx file: magic 0x0000 08 <ndim>, big-endian int32 dims, raw bytes; gzipped as `path`.gz if gz."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (0x0800 + array.ndim).to_bytes(4, "big")
     header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+    content = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(content))
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def write_idx_set(folder: Path, gz: bool = False, n_train: int = 60, n_test: int = 10) -> dict[str, np.ndarray]:
+    """The four MNIST-format files in `folder`; returns what was written, by file name."""
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        arrays[f"{prefix}-images-idx3-ubyte"] = RNG.integers(0, 256, (n, 28, 28))
+        arrays[f"{prefix}-labels-idx1-ubyte"] = np.arange(n) % 10
+    for name, array in arrays.items():
+        write_idx(folder / name, array, gz)
+    return arrays
 
 
 def write_mnist_like(root: Path, folder: str, n_train: int = 60, n_test: int = 10) -> Path:
     raw = root / folder / "raw"
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", RNG.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    write_idx_set(raw, n_train=n_train, n_test=n_test)
     return raw
 
 
@@ -198,6 +216,79 @@ def test_truncated_idx_file_is_named(tmp_path):
     bad.write_bytes(bad.read_bytes()[:1000])
     with pytest.raises(ValueError, match="train-images-idx3-ubyte"):
         load_dataset("fashion_mnist", tmp_path)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("layout", ["torchvision", "flat"])
+@pytest.mark.parametrize("name, folder", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+def test_mnist_like_reads_plain_and_gzipped_files_in_both_layouts(name, folder, layout, gz, tmp_path):
+    written = write_idx_set(tmp_path / folder / "raw" if layout == "torchvision" else tmp_path, gz=gz)
+    splits = load_dataset(name, tmp_path)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (54, 6, 10)
+    for i in (0, 9):  # the test split is the t10k files, in order, pixels scaled to [0, 1]
+        image, label = splits.test[i]
+        expected = torch.from_numpy(written["t10k-images-idx3-ubyte"][i]).float() / 255
+        assert torch.allclose(image[0], expected) and label == written["t10k-labels-idx1-ubyte"][i]
+    index = splits.train.indices[0]
+    assert splits.train[0][1] == written["train-labels-idx1-ubyte"][index]
+
+
+def test_flat_gzipped_folder_gives_the_same_data_as_torchvision_layout(tmp_path):
+    written = write_idx_set(tmp_path / "tv" / "FashionMNIST" / "raw")
+    for file, array in written.items():
+        write_idx(tmp_path / "flat" / file, array, gz=True)
+    plain, flat = (load_dataset("fashion_mnist", tmp_path / d, seed=3) for d in ("tv", "flat"))
+    assert plain.train.indices == flat.train.indices
+    for a, b in ((plain.train, flat.train), (plain.val, flat.val), (plain.test, flat.test)):
+        assert all(torch.equal(a[i][0], b[i][0]) and a[i][1] == b[i][1] for i in range(len(a)))
+
+
+def test_idx_files_read_as_torchvision_reads_them(tmp_path):
+    write_mnist_like(tmp_path, "KMNIST")
+    ours = load_dataset("kmnist", tmp_path, image_size=32, channels=3, val_fraction=0.0)
+    theirs = tv_datasets.KMNIST(str(tmp_path), train=True)
+    for i in (0, 17, 59):
+        image, label = theirs[i]
+        expected = T.Compose([T.Grayscale(3), T.Resize((32, 32)), T.ToTensor()])(image)
+        assert torch.equal(ours.train[i][0], expected) and ours.train[i][1] == label
+
+
+def damage(path: Path, how: str) -> None:
+    content = path.read_bytes()
+    if how == "truncated gzip stream":
+        path.write_bytes(content[: len(content) // 2])
+    elif how == "not gzip at all":
+        path.write_bytes(b"this is not a gzip file, just text")
+    else:  # a valid gzip stream of a truncated idx file
+        path.write_bytes(gzip.compress(gzip.decompress(content)[:1000]))
+
+
+@pytest.mark.parametrize("how", ["truncated gzip stream", "not gzip at all", "truncated idx inside"])
+def test_damaged_gz_idx_file_is_named(how, tmp_path):
+    write_idx_set(tmp_path, gz=True)
+    damage(tmp_path / "train-images-idx3-ubyte.gz", how)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz is corrupt"):
+        load_dataset("fashion_mnist", tmp_path)
+
+
+@pytest.mark.parametrize("labels, reason", [(np.arange(9) % 10, "9 labels for 10 images"),
+                                            (np.full(10, 12), "label 12")])
+def test_labels_that_do_not_fit_are_named(labels, reason, tmp_path):
+    write_idx_set(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(ValueError, match=f"t10k-labels-idx1-ubyte is corrupt.*{reason}"):
+        load_dataset("kmnist", tmp_path)
+
+
+def test_missing_file_of_a_flat_folder_is_named_with_both_layouts(tmp_path):
+    write_idx_set(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("fashion_mnist", tmp_path)
+    message = str(info.value)
+    assert f"{tmp_path / 't10k-labels-idx1-ubyte'}[.gz]" in message
+    assert "train-images" not in message  # only what is missing
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and "download" in message
 
 
 # --------------------------------------------------------------------------- CIFAR

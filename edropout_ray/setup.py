@@ -1,0 +1,82 @@
+"""A run's setup: data loaders, device and model recipe, built once from the config.
+
+Below the trainer, the training loop, the baselines and the report, which all read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import Config
+from .data import DATASETS, DataSplits, load_dataset, make_loader
+from .errors import ConfigError
+from .models import ModelRecipe, is_torchvision_name
+
+
+@dataclass
+class RunSetup:
+    config: Config
+    data: DataSplits  # or streaming.StreamingSplits: num_classes, in_channels, image_size, the loaders
+    device: torch.device
+    train_loader: object
+    val_loader: object
+    test_loader: object
+
+    @property
+    def recipe(self) -> ModelRecipe:
+        return ModelRecipe(self.config.model, self.data.num_classes, self.data.in_channels, self.data.image_size,
+                           self.config.seed)
+
+    def new_model(self) -> torch.nn.Module:
+        """The same initial weights every time for the same seed (EDropout and its dense baseline)."""
+        return self.recipe.build().to(self.device)
+
+    def example_inputs(self) -> torch.Tensor:
+        x, _ = next(iter(self.test_loader))
+        return x[:2].to(self.device)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is 'cuda' but no CUDA device is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def prepare(config: Config, address: str | None = None) -> RunSetup:
+    if config.dataset == "parquet":
+        return _prepare_parquet(config, address)
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASETS + ('parquet',))}, got {config.dataset!r}")
+    channels = 3 if is_torchvision_name(config.model) else None  # torchvision classifiers take RGB
+    data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=channels,
+                        seed=config.seed, val_fraction=config.val_fraction, augment=config.augment)
+    device = pick_device(config.device)
+    train_loader = make_loader(data.train, config.batch_size, shuffle=True, seed=config.seed,
+                               num_workers=config.num_workers, drop_last=len(data.train) > config.batch_size)
+    eval_batch = max(config.batch_size, 256)
+    val_loader = make_loader(data.val, eval_batch, shuffle=False, num_workers=config.num_workers) \
+        if len(data.val) else None
+    test_loader = make_loader(data.test, eval_batch, shuffle=False, num_workers=config.num_workers)
+    return RunSetup(config, data, device, train_loader, val_loader, test_loader)
+
+
+def _prepare_parquet(config: Config, address: str | None = None) -> RunSetup:
+    """Shards written by `edropout-ray convert` (local or s3://), streamed by Ray Data, which needs Ray."""
+    from .cluster import connect
+    from .streaming import load_streaming
+
+    connect(config, address)
+    data = load_streaming(config.data_dir, image_size=config.image_size or 224, channels=3,
+                          batch_size=config.batch_size, seed=config.seed,
+                          eval_batch_size=max(config.batch_size, 256))
+    return RunSetup(config, data, pick_device(config.device), data.train, data.val, data.test)
+
+
+def steps_per_epoch(setup: RunSetup) -> int:
+    steps = len(setup.train_loader)
+    cap = setup.config.max_steps_per_epoch
+    return min(steps, cap) if cap else steps

@@ -1,0 +1,96 @@
+"""The package's imports point one way (no module reaches, however indirectly, back to itself).
+
+Read from the source with `ast`, so function-level and TYPE_CHECKING imports count too: a
+circle hidden in a function is still a circle in the design.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import edropout_ray
+
+PACKAGE = Path(edropout_ray.__file__).parent
+MAX_MODULE_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that the file at `path` imports (anywhere in it)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            # `from . import checkpoint` names modules, not the package; `from .data import load_dataset` an object
+            named = [f"{base}.{alias.name}" for alias in node.names]
+            targets = named + ([base] if any(n not in modules for n in named) else [])
+        else:
+            continue
+        found |= {t for t in targets if t in modules}
+    return found - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    return {module_name(p): imported_modules(p, modules) for p in paths}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None (depth-first search, grey = on the current path)."""
+    white, grey, black = 0, 1, 2
+    colour = dict.fromkeys(graph, white)
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = grey
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if colour[nxt] == grey:
+                return path[path.index(nxt):] + [nxt]
+            if colour[nxt] == white and (cycle := visit(nxt)):
+                return cycle
+        colour[node] = black
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if colour[start] == white and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_the_graph_sees_relative_lazy_and_package_imports():
+    graph = import_graph()
+    assert "edropout_ray.setup" in graph["edropout_ray.trainer"]  # from .setup import ...
+    assert "edropout_ray.baselines" in graph["edropout_ray.trainer"]
+    assert "edropout_ray.cluster" in graph["edropout_ray.setup"]  # inside a function
+    assert "edropout_ray.data" in graph["edropout_ray.setup"]  # a subpackage
+    assert "edropout_ray.data.common" in graph["edropout_ray.data.idx"]  # relative, one level, in it
+    assert "edropout_ray.checkpoint" in graph["edropout_ray.loop"]  # from . import checkpoint
+    assert "edropout_ray" not in graph["edropout_ray.loop"]  # ... which does not import the package itself
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_package_imports_have_no_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle) + "; move what they share into a module below both"
+
+
+def test_no_module_is_over_400_lines():
+    lines = {module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    long = {name: n for name, n in lines.items() if n > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by idea): {long}"
