@@ -17,7 +17,8 @@ import torch
 from .config import Config
 from .engine import EDropoutEngine
 from .loop import TrainLoop
-from .setup import RunSetup
+from .setup import RunSetup, steps_per_epoch
+from .sizing import fit_to_parameters
 from .space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
@@ -69,29 +70,64 @@ class PrunedRun:
     epoch_rows: list[dict]
 
 
-def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Tensor, epochs: int,
-           patience: int | None, label: str) -> list[dict]:
-    """One phase: the kept units of a fixed state trained by the shared loop, with a fresh optimizer."""
-    loop = TrainLoop(EDropoutEngine(space, config), setup, f"{config.method} {label}", state=state, epochs=epochs,
+def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Tensor, steps: int,
+           patience: int | None, label: str) -> tuple[list[dict], int]:
+    """One phase of at most `steps` steps: the kept units of a fixed state trained by the shared loop.
+
+    A fresh optimizer and learning-rate schedule per phase, the schedule spanning the phase's own
+    epochs (a cosine schedule anneals within each phase, as when fine-tuning). Returns the epoch
+    rows and the steps taken (fewer when early stopping ends the phase).
+    """
+    epochs, epoch_steps = _phase_epochs(steps, steps_per_epoch(setup))
+    engine = EDropoutEngine(space, config.replace(epochs=epochs))
+    loop = TrainLoop(engine, setup, f"{config.method} {label}", state=state, epochs=epochs, epoch_steps=epoch_steps,
                      patience=patience)
     loop.run(progress=False)
-    return [row | {"label": label} for row in loop.epoch_rows]
+    return [row | {"label": label} for row in loop.epoch_rows], len(loop.epoch_rows) * epoch_steps
 
 
-def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup, keep_fraction: float) -> PrunedRun:
-    """Train, remove `dropnet_fraction` of the units by mean activation, reset, repeat to the target."""
+def _phase_epochs(steps: int, per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) for a budget of `steps`: whole epochs where it allows, else shorter
+    ones, so that phases of a fraction of an epoch still get validated and early-stopped."""
+    epochs = max(1, math.ceil(steps / per_epoch))
+    return epochs, max(1, steps // epochs)
+
+
+def _budget(setup: RunSetup) -> int:
+    """Training steps every method gets: what EDropout and the dense baseline take."""
+    return setup.config.epochs * steps_per_epoch(setup)
+
+
+def _uniform_unit_fraction(space: PruningSpace, layer: torch.Tensor, params_fraction: float) -> float:
+    """The fraction of units that, kept evenly in every layer, keeps `params_fraction` of the parameters."""
+    order = torch.arange(space.num_units, dtype=torch.float32)
+    state = fit_to_parameters(space, lambda f: keep_top(order, f, layer, per_layer=True), params_fraction)
+    return float(state.float().mean())
+
+
+def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
+    """Train, remove `dropnet_fraction` of the units by mean activation, reset, repeat to the target.
+
+    The target is `prune_target_params` (parameters) when given, else `prune_target` (units); the
+    last cycle removes exactly what is left to reach it.
+    """
     generator = torch.Generator().manual_seed(config.seed)
     layer = layer_of_units(space)
+    by_params = config.prune_target_params
+    keep_fraction = _uniform_unit_fraction(space, layer, by_params) if by_params else config.prune_target
     initial = {k: v.clone() for k, v in space.model.state_dict().items()}
     cycles = max(1, math.ceil(math.log(keep_fraction) / math.log(1 - config.dropnet_fraction))) if keep_fraction < 1 \
         else 0
-    # the same total budget as the other methods: epochs saved by early stopping go to the last cycle
-    per_cycle = max(1, config.epochs // (cycles + 1))
+    # the same total budget in steps as the other methods: steps saved by early stopping go to the last cycle
+    budget = _budget(setup)
+    per_cycle = budget // (cycles + 1)
     state = torch.ones(space.num_units, dtype=torch.bool)
     rows: list[dict] = []
+    used = 0
     for cycle in range(cycles + 1):
-        budget = per_cycle if cycle < cycles else max(1, config.epochs - len(rows))
-        rows += _train(space, config, setup, state, budget, config.dropnet_patience, f"cycle {cycle}")
+        steps = per_cycle if cycle < cycles else budget - used
+        phase_rows, taken = _train(space, config, setup, state, steps, config.dropnet_patience, f"cycle {cycle}")
+        rows, used = rows + phase_rows, used + taken
         kept = float(state.float().mean())
         print(f"[dropnet-{config.dropnet_strategy}] cycle {cycle + 1}/{cycles + 1}: units kept {kept:.1%}",
               file=sys.stderr, flush=True)
@@ -99,11 +135,27 @@ def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup, keep_fract
             break
         scores = mean_abs_activation(space, state, setup.train_loader, setup.device,
                                      max_batches=setup.config.max_steps_per_epoch)
-        fraction = min(config.dropnet_fraction, 1 - keep_fraction / kept) if cycle == cycles - 1 else \
-            config.dropnet_fraction
-        state = select_to_drop(scores, state, layer, config.dropnet_strategy, fraction, generator)
+        if cycle < cycles - 1:
+            state = select_to_drop(scores, state, layer, config.dropnet_strategy, config.dropnet_fraction, generator)
+        else:
+            state = _last_cut(space, config, scores, state, layer, keep_fraction, kept, generator)
         _reset(space, initial, config, setup, cycle)
     return PrunedRun(state, rows)
+
+
+def _last_cut(space: PruningSpace, config: Config, scores: torch.Tensor, state: torch.Tensor, layer: torch.Tensor,
+              keep_fraction: float, kept: float, generator: torch.Generator) -> torch.Tensor:
+    """The last DropNet cut: to the parameter target by bisection, or to the unit target directly."""
+    if not config.prune_target_params:
+        fraction = min(config.dropnet_fraction, 1 - keep_fraction / kept)
+        return select_to_drop(scores, state, layer, config.dropnet_strategy, fraction, generator)
+    start = generator.get_state()
+
+    def cut(keep_of_remaining: float) -> torch.Tensor:
+        generator.set_state(start)  # every trial of the bisection draws the same random ranking
+        return select_to_drop(scores, state, layer, config.dropnet_strategy, 1 - keep_of_remaining, generator)
+
+    return fit_to_parameters(space, cut, config.prune_target_params)
 
 
 def _reset(space: PruningSpace, initial: dict, config: Config, setup: RunSetup, cycle: int) -> None:
@@ -114,25 +166,33 @@ def _reset(space: PruningSpace, initial: dict, config: Config, setup: RunSetup, 
         space.model.load_state_dict(fresh.to(setup.device).state_dict())
 
 
-def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, keep_fraction: float,
-               criterion: str) -> PrunedRun:
-    """Train dense for half the budget, keep the best units by `criterion` ('l1' or 'random'), fine-tune."""
-    dense_epochs = max(1, config.epochs // 2)
+def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, criterion: str) -> PrunedRun:
+    """Train dense for half the budget, keep the best units by `criterion` ('l1' or 'random'), fine-tune.
+
+    Kept: `prune_target_params` of the parameters when given (bisecting the keep fraction of the
+    same ranking), else `prune_target` of the units.
+    """
+    budget = _budget(setup)
     all_kept = torch.ones(space.num_units, dtype=torch.bool)
-    rows = _train(space, config, setup, all_kept, dense_epochs, None, "dense")
+    rows, used = _train(space, config, setup, all_kept, budget // 2, None, "dense")
     layer = layer_of_units(space)
     if criterion == "l1":
         scores = weight_l1_norms(space)
     else:
         scores = torch.rand(space.num_units, generator=torch.Generator().manual_seed(config.seed))
-    state = keep_top(scores, keep_fraction, layer, per_layer=config.l1_per_layer and criterion == "l1")
-    rows += _train(space, config, setup, state, max(1, config.epochs - dense_epochs), None, "fine-tune")
-    return PrunedRun(state, rows)
+    per_layer = config.l1_per_layer and criterion == "l1"
+
+    def state_for(keep_fraction: float) -> torch.Tensor:
+        return keep_top(scores, keep_fraction, layer, per_layer=per_layer)
+
+    state = fit_to_parameters(space, state_for, config.prune_target_params) if config.prune_target_params else \
+        state_for(config.prune_target)
+    fine_tune, _ = _train(space, config, setup, state, budget - used, None, "fine-tune")
+    return PrunedRun(state, rows + fine_tune)
 
 
 def run_baseline(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
     """Dispatch on `config.method` (anything but 'edropout')."""
-    keep = config.prune_target
     if config.method == "dropnet":
-        return run_dropnet(space, config, setup, keep)
-    return run_ranked(space, config, setup, keep, criterion=config.method)
+        return run_dropnet(space, config, setup)
+    return run_ranked(space, config, setup, criterion=config.method)

@@ -31,16 +31,18 @@ class TrainLoop:
     """Epochs of engine steps, with validation per epoch and checkpoints every N steps.
 
     `state`: train this fixed state instead of evolving one (the engine's evolution is not used).
-    `epochs`: the budget (default: the config's); each epoch is `steps_per_epoch` steps.
+    `epochs`: the budget (default: the config's); each epoch is `epoch_steps` steps (default: the
+    setup's `steps_per_epoch`; a baseline's shorter phases pass fewer, so budgets match in steps).
     `patience`: stop once validation loss has not improved for this many epochs (None: never).
     """
 
     def __init__(self, engine: EDropoutEngine, setup: RunSetup, label: str, *, state: torch.Tensor | None = None,
-                 epochs: int | None = None, patience: int | None = None, checkpoint_dir: Path | None = None,
-                 on_epoch_end=None):
+                 epochs: int | None = None, epoch_steps: int | None = None, patience: int | None = None,
+                 checkpoint_dir: Path | None = None, on_epoch_end=None):
         self.engine, self.setup, self.label = engine, setup, label
         self.state = state
         self.epochs = setup.config.epochs if epochs is None else epochs
+        self.epoch_steps = steps_per_epoch(setup) if epoch_steps is None else epoch_steps
         self.patience = patience
         self.checkpoint_dir = checkpoint_dir
         self.on_epoch_end = on_epoch_end  # called with (loop, epoch row): how Tune gets its reports
@@ -61,7 +63,7 @@ class TrainLoop:
 
     def run(self, progress: bool = True) -> None:
         config, device = self.setup.config, self.setup.device
-        per_epoch = steps_per_epoch(self.setup)
+        per_epoch = self.epoch_steps
         loader = self.setup.train_loader
         done = self.epoch * per_epoch + self.step_in_epoch
         with _progress(self.epochs * per_epoch, done, self.label, progress) as bar:
@@ -92,8 +94,12 @@ class TrainLoop:
 
     def _one_step(self, x, y, bar) -> None:
         if self.evolve:
+            was_frozen = self.engine.frozen
             record = self.engine.step(x, y, self.epoch)
             self.step_rows.append(record)
+            if self.engine.frozen and not was_frozen:
+                print(f"[{self.label}] mask frozen after step {record.step}: {self.engine.freeze_reason}",
+                      file=sys.stderr, flush=True)
             bar.set_postfix(kept=f"{record.kept_fraction:.2f}", energy=f"{record.best_energy:.2f}")
         else:
             self.engine.learner.step(self.state, x, y)

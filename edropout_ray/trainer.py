@@ -67,13 +67,14 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(output, config)
     if config.method == "edropout":
-        final_mask, step_rows, epoch_rows = _train_edropout(space, setup, output, payload, progress, address)
+        final_mask, step_rows, epoch_rows, freeze_reason = _train_edropout(space, setup, output, payload, progress,
+                                                                           address)
     else:
         if payload is not None or config.shards:
             raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
                               "and shards")
         pruned = run_baseline(space, config, setup)
-        final_mask, step_rows, epoch_rows = pruned.state, [], pruned.epoch_rows
+        final_mask, step_rows, epoch_rows, freeze_reason = pruned.state, [], pruned.epoch_rows, None
     edropout_seconds = time.perf_counter() - started
 
     dense = None
@@ -95,13 +96,14 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
                           converged_at_step=_converged_at(step_rows), edropout_seconds=edropout_seconds)
     report["wall_seconds"] = time.perf_counter() - started
     report["shards"] = config.shards
+    report["freeze_reason"] = freeze_reason
     write_report(report, output)
     return report
 
 
 def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload: dict | None, progress: bool,
                     address: str | None):
-    """The EDropout loop on the configured runtime; returns (final mask, step rows, epoch rows)."""
+    """The EDropout loop on the configured runtime; returns (final mask, step rows, epoch rows, why it froze)."""
     engine = make_engine(space, setup, address)
     try:
         loop = TrainLoop(engine, setup, "edropout", checkpoint_dir=output)
@@ -111,7 +113,7 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload:
         engine.finish()  # again: a resumed run that had already finished runs no epoch
     finally:
         engine.close()
-    return engine.best_state.clone(), loop.step_rows, loop.epoch_rows
+    return engine.best_state.clone(), loop.step_rows, loop.epoch_rows, engine.freeze_reason
 
 
 def _converged_at(step_rows) -> int | None:

@@ -98,3 +98,28 @@ def test_l1_norms_and_keep_top(known_space):
     assert per_layer.nonzero().squeeze(1).tolist() == [3, 4, 5, 6, 8]  # top 3 of 6, top 2 (round 2.5) of 5
     overall = keep_top(torch.tensor(LAYER1 + LAYER2), 0.3, layer, per_layer=False)
     assert overall.nonzero().squeeze(1).tolist() == [3, 4, 5, 6]  # top 3 overall, plus one so layer 2 lives
+
+
+@pytest.mark.parametrize("method", ["l1", "random", "dropnet"])
+def test_baselines_keep_the_parameters_asked_for_within_the_same_steps(method, monkeypatch):
+    """What `compare` relies on: a baseline held to EDropout's parameters, trained for its steps."""
+    from edropout_ray.baselines import run_baseline
+    from edropout_ray.config import Config
+    from edropout_ray.learner import Learner
+    from edropout_ray.setup import prepare
+    from edropout_ray.sizing import parameters_fraction
+
+    steps = []
+    step = Learner.step
+    monkeypatch.setattr(Learner, "step", lambda self, *args: steps.append(1) or step(self, *args))
+    config = Config(model="edropout_ray.models:small_cnn", method=method, epochs=3, max_steps_per_epoch=4,
+                    batch_size=32, prune_target_params=0.3, dropnet_patience=1, seed=2)
+    setup = prepare(config)
+    space = PruningSpace(setup.new_model(), setup.example_inputs())
+    pruned = run_baseline(space, config, setup)
+    assert parameters_fraction(space, pruned.state) == pytest.approx(0.3, abs=0.02)
+    budget = 3 * 4
+    if method == "dropnet":  # phases of whole steps: rounding loses at most one step per cycle
+        assert budget - 8 <= len(steps) <= budget
+    else:
+        assert len(steps) == budget
