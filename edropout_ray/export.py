@@ -30,7 +30,7 @@ def prune_physically(space: "PruningSpace", state: torch.Tensor) -> nn.Module:
     modules = dict(model.named_modules())
     state = state.bool().cpu()
     for group in space.groups:
-        pruned = (~state[group.start:group.start + group.size]).nonzero().squeeze(1).tolist()
+        pruned = group.pruned_channels(state)
         if not pruned:
             continue
         root = modules[group.root]
