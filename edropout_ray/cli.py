@@ -1,4 +1,4 @@
-"""`edropout-ray` (also `python -m edropout_ray`): train, download.
+"""`edropout-ray` (also `python -m edropout_ray`): train, compare, sweep, models, download, convert.
 
 User mistakes become one line on stderr and exit code 2, never a traceback.
 """
@@ -19,8 +19,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="prune a model with EDropout and write a report")
     train.add_argument("--config", help="YAML file of config keys (see the README)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key (repeatable); the value is read as YAML")
+    train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="override config keys: --set a=1 b=2, or --set a=1 --set b=2; values are read as YAML")
     train.add_argument("--output", help="folder for report.json, the pruned model, history, plot, checkpoints")
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
     train.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a "
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="EDropout against DropNet, random and L1 pruning, over seeds")
     compare.add_argument("--config", help="YAML file of config keys (the budget every method gets)")
-    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     compare.add_argument("--output", required=True, help="folder for runs.parquet, summary, comparison.md/.png")
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--output", help="folder for the sweep (Tune's state, trials.parquet, pareto.png, best/)")
     sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
     sweep.add_argument("--address", help="join a Ray cluster; default: a local Ray")
+
+    models = commands.add_parser("models", help="list the architectures that can be pruned, or check one")
+    models.add_argument("--check", metavar="NAME", help="build NAME (e.g. resnet18, timm:convnext_atto) and say "
+                        "what would be pruned and whether the exported model matches the masked one")
+    models.add_argument("--image-size", type=int, default=64, help="input size for --check (default 64)")
+    models.add_argument("--in-channels", type=int, default=3, help="input channels for --check (default 3)")
 
     download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
     download.add_argument("dataset")
@@ -114,6 +120,12 @@ def _convert(args) -> None:
     print(", ".join(f"{split}: {n} images" for split, n in counts.items()) + f"; written to {args.destination}/")
 
 
+def _models(args) -> None:
+    from .catalog import check, listing
+
+    print(check(args.check, args.image_size, args.in_channels) if args.check else listing())
+
+
 def _download(args) -> None:
     from .data import download_dataset
 
@@ -126,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         {"train": _train, "compare": _compare, "sweep": _sweep, "download": _download,
-         "convert": _convert}[args.command](args)
+         "convert": _convert, "models": _models}[args.command](args)
     except (EDropoutError, FileNotFoundError, ValueError) as error:
         print(f"edropout-ray: error: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import yaml
 
 from .errors import ConfigError
 
+EXPORT_FORMATS = ("pt2", "onnx")
 _CHOICES = {
     "method": ("edropout", "dropnet", "l1", "random"),
     "dropnet_strategy": ("min", "min_layer", "max", "random", "random_layer"),
@@ -91,6 +92,8 @@ class Config:
     learner_gpus: float = 0.0
     # checkpoints: every N steps (0 = never) into the output folder, for --resume
     checkpoint_every: int = 0
+    # files of the pruned model: pt2 (torch.export), onnx (checked by ONNX Runtime)
+    export_formats: list[str] = dataclasses.field(default_factory=lambda: ["pt2"])
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -150,6 +153,11 @@ class Config:
         for name, allowed in _CHOICES.items():
             need(getattr(self, name) in allowed,
                  f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        need(bool(self.export_formats) and set(self.export_formats) <= set(EXPORT_FORMATS),
+             f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}")
+        if "onnx" in self.export_formats:
+            from .onnx_export import require_onnx
+            require_onnx()
         need(":" in self.model or self.model.replace("_", "").isalnum(),
              f"model must be a torchvision model name or 'package.module:callable', got {self.model!r}")
 
@@ -204,9 +212,15 @@ def _coerce(name: str, value, expected):
         elif option is str:
             if isinstance(value, str):
                 return value
+        elif typing.get_origin(option) is list:
+            item = typing.get_args(option)[0]
+            if isinstance(value, str):  # `--set export_formats=onnx`: one item
+                value = [value]
+            if isinstance(value, (list, tuple)) and all(isinstance(v, item) for v in value):
+                return list(value)
         elif isinstance(value, option):
             return value
-    wanted = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    wanted = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 

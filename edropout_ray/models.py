@@ -1,10 +1,11 @@
-"""Models by name: a torchvision architecture, or any `package.module:callable` returning an nn.Module.
+"""Models by name: a torchvision architecture, `timm:<name>`, or any `package.module:callable`.
 
 Also two small built-in architectures for the embedded digits data set and for tests.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from dataclasses import dataclass
 
@@ -52,19 +53,37 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) ->
     )
 
 
+TIMM_PREFIX = "timm:"
+
+
 def is_torchvision_name(spec: str) -> bool:
     return ":" not in spec
 
 
+def build_timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A timm architecture with random weights; timm adapts its stem to `in_channels`."""
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"model 'timm:{name}' needs timm: pip install 'edropout_ray[timm]'") from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown timm model {name!r}{hint}; `edropout-ray models` lists what can be pruned")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+
+
 def build_model(spec: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """Build with random weights (nothing is downloaded)."""
+    if spec.startswith(TIMM_PREFIX):
+        return build_timm(spec[len(TIMM_PREFIX):], num_classes, in_channels)
     if is_torchvision_name(spec):
         available = torchvision.models.list_models(module=torchvision.models)
         if spec not in available:
             raise ConfigError(
                 f"unknown torchvision model {spec!r}; pick a classifier from torchvision.models "
-                f"(e.g. resnet18, resnet50, alexnet, squeezenet1_1, vgg11_bn, mobilenet_v2) or give "
-                "'package.module:callable'"
+                f"(e.g. resnet18, resnet50, alexnet, squeezenet1_1, vgg11_bn, mobilenet_v2), a timm model as "
+                "'timm:<name>', or 'package.module:callable'"
             )
         return torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
     factory = import_object(spec, what="model")

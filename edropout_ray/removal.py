@@ -17,7 +17,7 @@ from torch import nn
 
 def prune_physically(model: nn.Module, groups: Sequence, example_inputs: torch.Tensor,
                      state: torch.Tensor) -> nn.Module:
-    """`groups`: the pruning space's, each with `root` (a module name), `start` and `size` (its bits)."""
+    """`groups`: the pruning space's, each with `root` (a module name) and `pruned_channels(state)`."""
     model = copy.deepcopy(model)
     was_training = model.training
     model.eval()  # tracing must not update normalization statistics
@@ -27,7 +27,7 @@ def prune_physically(model: nn.Module, groups: Sequence, example_inputs: torch.T
     modules = dict(model.named_modules())
     state = state.bool().cpu()
     for group in groups:
-        pruned = (~state[group.start:group.start + group.size]).nonzero().squeeze(1).tolist()
+        pruned = group.pruned_channels(state)
         if not pruned:
             continue
         root = modules[group.root]

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .evaluation import evaluate, random_state
-from .export import count_macs, count_parameters, load_exported, save_exported
+from .export import EXPORT_FILE, count_macs, count_parameters, load_exported, save_exported
+from .onnx_export import ONNX_FILE, OnnxRunner, latency_ms, save_onnx
 from .space import PruningSpace
 
 if TYPE_CHECKING:
@@ -31,8 +32,7 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
 
     example = space.example_inputs
     pruned_model = space.export(final_mask).eval()
-    path = save_exported(pruned_model, example, output)
-    export_error = _export_mismatch(space, final_mask, path, setup)
+    exports = _write_exports(space, final_mask, pruned_model, setup, output)
     params_total, params_kept = count_parameters(space.model), count_parameters(pruned_model)
     macs_total, macs_kept = count_macs(space.model, example), count_macs(pruned_model, example)
 
@@ -44,12 +44,10 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
         "macs_total": macs_total, "macs_kept": macs_kept, "macs_kept_fraction": macs_kept / macs_total,
         "all_units_kept": all_kept,
         "random_masks": random_masks,
-        "exported_model": path.name,
-        "export_max_abs_diff": export_error,
         "converged_at_step": converged_at_step,
         "edropout_seconds": edropout_seconds,
         "model": setup.config.model, "dataset": setup.config.dataset, "method": setup.config.method,
-    }
+    } | exports
     if dense is not None:
         report |= {"dense_top1": dense["test"]["top1"], "dense_top3": dense["test"]["top3"],
                    "dense_top5": dense["test"]["top5"], "dense_test_loss": dense["test"]["loss"],
@@ -59,14 +57,26 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
 
 
 @torch.no_grad()
-def _export_mismatch(space: PruningSpace, state: torch.Tensor, path: Path, setup: "RunSetup") -> float:
-    """Largest output difference between the saved model (loaded as a user would) and the masked one."""
+def _write_exports(space: PruningSpace, state: torch.Tensor, pruned_model: torch.nn.Module, setup: "RunSetup",
+                   output: Path) -> dict:
+    """Save every format of `export_formats`; each is loaded as a user would and compared with the masked
+    model on a test batch (largest output difference), and timed on its first 32 samples."""
     x, _ = next(iter(setup.test_loader))
     x = x.to(setup.device)
-    loaded = load_exported(path)
     space.model.eval()
     masked = space.masked_forward(state, x)
-    return float((loaded(x) - masked).abs().max())
+    formats = setup.config.export_formats
+    few = x[:32]
+    found: dict = {"export_latency_ms": {"batch": len(few), "pytorch": latency_ms(pruned_model, few)}}
+    if "pt2" in formats:
+        loaded = load_exported(save_exported(pruned_model, space.example_inputs, output))
+        found |= {"exported_model": EXPORT_FILE, "export_max_abs_diff": float((loaded(x) - masked).abs().max())}
+        found["export_latency_ms"]["pt2"] = latency_ms(loaded, few)
+    if "onnx" in formats:
+        runner = OnnxRunner(save_onnx(pruned_model, space.example_inputs, output))
+        found |= {"exported_onnx": ONNX_FILE, "onnx_max_abs_diff": float((runner(x) - masked.cpu()).abs().max())}
+        found["export_latency_ms"]["onnx"] = latency_ms(runner, few)
+    return found
 
 
 def write_report(report: dict, output: Path) -> Path:
@@ -97,6 +107,11 @@ def format_table(report: dict) -> str:
     if "top1_drop" in report:
         lines.append(f"top-1 drop against the dense baseline: {report['top1_drop']:+.2f} points "
                      f"(top-5: {report['top5_drop']:+.2f})")
-    lines.append(f"exported model: {report['exported_model']} (max |output difference| vs masked: "
-                 f"{report['export_max_abs_diff']:.2e})")
+    latency = report.get("export_latency_ms", {})
+    for file_key, diff_key, kind in (("exported_model", "export_max_abs_diff", "pt2"),
+                                     ("exported_onnx", "onnx_max_abs_diff", "onnx")):
+        if file_key in report:
+            timing = f", {latency[kind]:.1f} ms per batch of {latency['batch']}" if kind in latency else ""
+            lines.append(f"exported model: {report[file_key]} (max |output difference| vs masked: "
+                         f"{report[diff_key]:.2e}{timing})")
     return "\n".join(lines)

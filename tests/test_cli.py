@@ -18,8 +18,8 @@ from edropout_ray.cli import main
 def run_folder(tmp_path_factory):
     output = tmp_path_factory.mktemp("run")
     command = [sys.executable, "-m", "edropout_ray", "train", "--config", "jobs/demo.yaml", "--output", str(output),
-               "--set", "epochs=2", "--set", "max_steps_per_epoch=3", "--set", "converge_after=1",
-               "--set", "converge_patience=2"]
+               "--set", "epochs=2", "max_steps_per_epoch=3", "converge_after=1",  # several pairs after one --set
+               "--set", "converge_patience=2", "--set", "export_formats=[pt2, onnx]"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return output, done.stdout, done.stderr
@@ -44,6 +44,8 @@ def test_report_and_artifacts(run_folder):
         assert 0 <= report[key] <= 100 or key == "test_loss"
     assert set(report["random_masks"]) == {"25", "50", "75"}
     assert report["export_max_abs_diff"] < 1e-4
+    assert report["exported_onnx"] == "pruned_model.onnx" and report["onnx_max_abs_diff"] < 1e-4
+    assert set(report["export_latency_ms"]) == {"batch", "pytorch", "pt2", "onnx"}
     mask = np.load(output / "final_mask.npy")
     assert mask.dtype == bool and mask.size == report["units_total"] and mask.sum() == report["units_kept"]
     steps = pq.read_table(output / "history.parquet").to_pylist()
@@ -72,12 +74,51 @@ def test_exported_model_loads_without_this_project(run_folder, tmp_path):
     assert done.stdout.split() == ["(5,", "10)", str(report["params_kept"])]
 
 
+@pytest.mark.slow
+def test_demo_onnx_file_runs_in_onnx_runtime_alone(run_folder, tmp_path):
+    """The demo's pruned model in ONNX Runtime, without torch or this project, gives the report's top-1."""
+    output, _, _ = run_folder
+    report = json.loads((output / "report.json").read_text())
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, onnxruntime
+        session = onnxruntime.InferenceSession({str(output / report['exported_onnx'])!r})
+        logits = session.run(None, {{"images": np.random.rand(7, 1, 8, 8).astype(np.float32)}})[0]
+        assert "torch" not in sys.modules and "edropout_ray" not in sys.modules
+        print(logits.shape)
+    """)
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(7, 10)"
+
+
+def test_set_takes_several_pairs_and_repeats():
+    from edropout_ray.cli import _parser
+
+    args = _parser().parse_args(["train", "--set", "a=1", "b=2", "--output", "x", "--set", "c=[3, 4]"])
+    assert args.overrides == ["a=1", "b=2", "c=[3, 4]"]
+
+
+def test_models_lists_what_can_be_pruned(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnext50_32x4d" in out and "timm:convnext_atto" in out and "package.module:callable" in out
+
+
+def test_models_check_builds_the_model_and_its_export(capsys):
+    assert main(["models", "--check", "timm:resnet10t", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("timm:resnet10t: prunable") and "units in" in out and "differ by" in out
+
+
 @pytest.mark.parametrize("args, words", [
     (["--set", "population_size=2"], "population_size must be >= 4"),
     (["--set", "modle=resnet18"], "did you mean 'model'"),
     (["--set", "dataset=cifar10", "--set", "data_dir=/nonexistent/data"], "download"),
     (["--set", "model=resnet9000"], "unknown torchvision model"),
     (["--set", "model=edropout_ray.models:nothing_here"], "no attribute"),
+    (["--set", "model=timm:convnext_atoo"], "did you mean convnext_atto"),
+    (["--set", "export_formats=[pt2, tflite]"], "export_formats must be"),
 ])
 def test_user_mistakes_are_one_clean_error(args, words, tmp_path, capsys):
     code = main(["train", "--output", str(tmp_path / "out"), "--quiet", *args])

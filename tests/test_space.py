@@ -151,7 +151,7 @@ def test_output_layer_found_by_graph_not_type():
     assert all("classifier.1" != g.root for g in space.groups)
 
 
-def test_grouped_convolution_units_are_kept_and_masking_stays_exact():
+def test_grouped_convolution_prunes_the_same_channels_in_every_group():
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3, groups=4), nn.BatchNorm2d(16), nn.ReLU(),
@@ -159,13 +159,45 @@ def test_grouped_convolution_units_are_kept_and_masking_stays_exact():
     ).eval()
     x = torch.randn(2, 3, 12, 12)
     space = PruningSpace(model, x)
-    skipped = {root for root, _ in space.skipped}
-    assert skipped == {"0", "2"}, space.describe()  # both sides of the grouped conv are kept
-    assert space.num_units == 12
-    state = torch.zeros(12, dtype=torch.bool)
-    state[::3] = True
+    assert not space.skipped, space.describe()
+    # 8 inputs in 4 groups of 2: 2 units; 16 outputs in 4 groups of 4: 4 units; then 12 channels
+    assert space.group_sizes == [2, 4, 12]
+    state = torch.ones(18, dtype=torch.bool)
+    state[[0, 2, 3, 6, 7]] = False  # one of 2 input positions, two of 4 output positions, two plain channels
+    exported = space.export(state)
+    grouped = exported[2]
+    assert (grouped.in_channels, grouped.out_channels, grouped.groups) == (4, 8, 4)
+    assert space.kept_parameters(state) == sum(p.numel() for p in exported.parameters())
     with torch.no_grad():
-        assert_close_outputs(space.export(state)(x), space.masked_forward(state, x))
+        assert_close_outputs(exported(x), space.masked_forward(state, x))
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_channel_normalization_uses_only_kept_channels(norm):
+    """GroupNorm and a channels-first LayerNorm (as in ConvNeXt): masked == exported, statistics included."""
+    class ChannelsFirstLayerNorm(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    torch.manual_seed(0)
+    layer = nn.GroupNorm(3, 12) if norm == "group" else ChannelsFirstLayerNorm(12)
+    model = nn.Sequential(nn.Conv2d(3, 12, 3), layer, nn.GELU(), nn.Conv2d(12, 6, 1), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.LayerNorm(6), nn.Linear(6, 4)).double().eval()
+    for module in (model[1], model[6]):
+        module.weight.data.uniform_(0.5, 1.5)
+        module.bias.data.normal_()
+    x = torch.randn(3, 3, 10, 10, dtype=torch.float64)
+    space = PruningSpace(model, x)
+    assert not space.skipped, space.describe()
+    assert space.group_sizes == ([4, 6] if norm == "group" else [12, 6])  # GroupNorm: channel j of each group
+    state = torch.ones(space.num_units, dtype=torch.bool)
+    state[[1, 2, space.group_sizes[0] + 4]] = False
+    exported = space.export(state)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), space.masked_forward(state, x), rtol=1e-10, atol=1e-10)
+        zeroed = space.masked_parameters(state.unsqueeze(0))  # zeroing alone would not be enough
+        plain = torch.func.functional_call(model, {k: v[0] for k, v in zeroed.items()}, (x,))
+    assert (plain - exported(x)).abs().max() > 1e-3
 
 
 def test_sigmoid_between_layers_is_still_exact():

@@ -1,0 +1,90 @@
+"""What can be pruned: the architectures the tests check, and a check of any model by name.
+
+`edropout-ray models` prints the lists; `edropout-ray models --check NAME` builds one model and
+its pruning space and says what would be pruned and whether the exported model matches.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+# Checked by tests/test_model_coverage.py (invariants 1 and 2, random init).
+TORCHVISION_TESTED = ("resnet18", "resnet50", "alexnet", "squeezenet1_1", "vgg11_bn", "mobilenet_v2",
+                      "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny", "shufflenet_v2_x0_5")
+
+# One small variant per timm family, checked the same way; the README gives the measured count.
+TIMM_FAMILIES = {
+    "ResNet-T": "resnet10t",
+    "ResNet-D": "resnet18d",
+    "RegNetX": "regnetx_002",
+    "RegNetY": "regnety_002",
+    "EfficientNet": "efficientnet_b0",
+    "TinyNet": "tinynet_e",
+    "MobileNetV2": "mobilenetv2_050",
+    "MobileNetV3": "mobilenetv3_small_050",
+    "MobileNetV4": "mobilenetv4_conv_small_050",
+    "MNASNet": "mnasnet_small",
+    "FBNet": "fbnetc_100",
+    "MixNet": "mixnet_s",
+    "LCNet": "lcnet_050",
+    "ConvNeXt": "convnext_atto",
+    "GhostNet": "ghostnet_050",
+    "RepGhostNet": "repghostnet_050",
+    "RepVGG": "repvgg_a0",
+    "MobileOne": "mobileone_s0",
+    "DLA": "dla46_c",
+    "CSPNet": "cspresnet50",
+    "CSP-Darknet (CS3)": "cs3darknet_s",
+    "Darknet": "darknet17",
+    "GENet": "gernet_s",
+    "ReXNet": "rexnet_100",
+    "HGNetV2": "hgnetv2_b0",
+    "DenseNet": "densenet121",
+    "DPN": "dpn48b",
+    "SelecSLS": "selecsls42b",
+    "ResNeXt": "resnext26ts",
+    "SKNet": "skresnet18",
+    "ResNeSt": "resnest14d",
+    "VoVNet": "ese_vovnet19b_slim_dw",
+    "InceptionNeXt": "inception_next_atto",
+}
+
+
+def listing() -> str:
+    lines = ["torchvision classifiers (model: <name>; any name of torchvision.models.list_models()); tested:",
+             "  " + ", ".join(TORCHVISION_TESTED),
+             "timm models (model: timm:<name>; pip install 'edropout_ray[timm]'); one model per family tested:"]
+    lines += [f"  {family:<20} timm:{name}" for family, name in TIMM_FAMILIES.items()]
+    lines += ["your own: model: package.module:callable returning an nn.Module",
+              "check any of them: edropout-ray models --check NAME [--image-size 64]"]
+    return "\n".join(lines)
+
+
+def check(spec: str, image_size: int = 64, in_channels: int = 3, num_classes: int = 10) -> str:
+    """Build `spec`, its pruning space, and the export of a random state; say what was found."""
+    from .export import count_parameters
+    from .models import build_model
+    from .population import repair_empty_groups
+    from .space import PruningSpace
+
+    logging.getLogger("edropout_ray.space").setLevel(logging.ERROR)  # the skips are listed below
+    torch.manual_seed(0)
+    model = build_model(spec, num_classes, in_channels, image_size).double().eval()
+    x = torch.randn(2, in_channels, image_size, image_size, dtype=torch.float64)
+    space = PruningSpace(model, x)
+    generator = torch.Generator().manual_seed(0)
+    state = repair_empty_groups(torch.rand(1, space.num_units, generator=generator) < 0.5, space.group_sizes,
+                                generator)[0]
+    exported = space.export(state)
+    with torch.no_grad():
+        masked = space.masked_forward(state, x)
+        difference = float((exported(x) - masked).abs().max() / masked.abs().max().clamp(min=1e-30))
+    verdict = "prunable" if difference < 1e-6 else "NOT exact: please report it"
+    return "\n".join([
+        f"{spec}: {verdict}",
+        space.describe(),
+        f"a random state keeping half the units: {count_parameters(exported):,} of {count_parameters(model):,} "
+        f"parameters; masked vs exported outputs differ by {difference:.1e} (relative)",
+    ])

@@ -1,0 +1,90 @@
+"""The models practitioners bring: timm families and the torchvision models with grouped convolutions,
+LayerNorm and channel shuffles. Each is pruned exactly (invariant 1: masked == exported, and the
+export is smaller) and scored consistently (invariant 2), or skipped with the pruning space's reason.
+
+Random init, 32x32 inputs (64x64 where a model needs them), float64 so that a real mismatch cannot
+hide behind float32 noise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+
+from edropout_ray.catalog import TIMM_FAMILIES
+from edropout_ray.errors import EDropoutError
+from edropout_ray.models import build_model
+from edropout_ray.population import repair_empty_groups
+from edropout_ray.space import PruningSpace
+
+INPUT_SIZE = {"timm:inception_next_atto": 64, "timm:dpn48b": 64, "timm:selecsls42b": 64}
+
+
+def _space(spec: str, size: int) -> PruningSpace:
+    torch.manual_seed(0)
+    model = build_model(spec, num_classes=10, in_channels=3, image_size=size).double().eval()
+    try:
+        return PruningSpace(model, torch.randn(2, 3, size, size, dtype=torch.float64))
+    except EDropoutError as error:
+        pytest.skip(f"{spec}: {error}")
+
+
+def check_invariants(spec: str, size: int = 32) -> PruningSpace:
+    space = _space(spec, size)
+    print(space.describe())  # the reasons of anything kept unpruned, in the test log
+    generator = torch.Generator().manual_seed(0)
+    states = repair_empty_groups(torch.rand(3, space.num_units, generator=generator) < 0.6, space.group_sizes,
+                                 generator)
+    x = torch.randn(3, 3, size, size, dtype=torch.float64, generator=generator)
+    exported = space.export(states[0])
+    with torch.no_grad():
+        masked = space.masked_forward(states[0], x)
+        pruned = exported(x)
+    torch.testing.assert_close(pruned, masked, rtol=1e-9, atol=1e-9 * masked.abs().max().item())
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert params(exported) < params(space.model), "the export must be smaller"
+    y = torch.arange(len(x)) % 10
+    one_by_one = torch.cat([space.score(s.unsqueeze(0), x, y) for s in states])
+    for scoring in ("loop", "vmap"):
+        space.scoring = scoring
+        torch.testing.assert_close(space.score(states, x, y), one_by_one, rtol=1e-9, atol=1e-9)
+    return space
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(TIMM_FAMILIES))
+def test_timm_family_is_pruned_exactly(family, caplog):
+    caplog.set_level(logging.ERROR)
+    spec = f"timm:{TIMM_FAMILIES[family]}"
+    check_invariants(spec, INPUT_SIZE.get(spec, 32))
+
+
+@pytest.mark.parametrize("name", ["regnet_x_400mf", "convnext_tiny"])
+def test_grouped_convs_and_layernorm_are_pruned_not_skipped(name):
+    """RegNet's grouped convs and ConvNeXt's LayerNorms used to keep their units unpruned."""
+    space = check_invariants(name)
+    assert not space.skipped, space.describe()
+
+
+@pytest.mark.slow
+def test_resnext_grouped_convs_keep_equal_groups():
+    space = check_invariants("resnext50_32x4d")
+    assert not space.skipped, space.describe()
+    state = torch.zeros(space.num_units, dtype=torch.bool)
+    state[::2] = True
+    conv = dict(space.export(state).named_modules())["layer1.0.conv2"]
+    assert conv.groups == 32 and conv.in_channels % 32 == 0 and conv.out_channels % 32 == 0
+
+
+def test_shufflenet_channel_shuffle_is_refused_clearly():
+    """Torch-Pruning cannot trace ShuffleNet's channel shuffle (see the README): a clear error, no mis-mask."""
+    with pytest.raises(EDropoutError, match="could not trace"):
+        PruningSpace(torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval(), torch.randn(2, 3, 64, 64))
+
+
+def test_unknown_timm_model_is_a_clear_error():
+    with pytest.raises(EDropoutError, match="unknown timm model 'resnet18x'.*did you mean"):
+        build_model("timm:resnet18x", 10, 3, 32)

@@ -1,0 +1,29 @@
+"""ONNX export: the pruned model as an ONNX file that ONNX Runtime runs with the masked model's outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_close_outputs, inputs_of, random_states, space_of
+from edropout_ray.config import Config
+from edropout_ray.errors import ConfigError
+from edropout_ray.onnx_export import ONNX_FILE, OnnxRunner, save_onnx
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v2"])
+def test_onnx_file_matches_masked_model_in_onnx_runtime(name, tmp_path):
+    space = space_of(name)
+    state = random_states(space, 1, seed=11)[0]
+    path = save_onnx(space.export(state), space.example_inputs, tmp_path)
+    assert path.name == ONNX_FILE and len(list(tmp_path.iterdir())) == 1, "weights inside the one file"
+    x = inputs_of(name, batch=5)  # another batch size than the export's example: the batch is dynamic
+    with torch.no_grad():
+        masked = space.masked_forward(state, x)
+    assert_close_outputs(OnnxRunner(path)(x), masked)
+
+
+def test_unknown_export_format_is_a_clear_error():
+    with pytest.raises(ConfigError, match="export_formats must be a non-empty list of pt2, onnx"):
+        Config(export_formats=["pt2", "tflite"])
+    assert Config(export_formats="onnx").export_formats == ["onnx"]
