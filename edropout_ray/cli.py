@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
          "convert": _convert}[args.command](args)
     except (EDropoutError, FileNotFoundError, ValueError) as error:
         print(f"edropout-ray: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)  # 3: the run was lost, not the user's mistake
     except KeyboardInterrupt as interrupt:
         print(f"edropout-ray: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
         return 130

@@ -82,6 +82,11 @@ class Config:
     learner_gpus: float = 0.0
     # checkpoints: every N steps (0 = never) into the output folder, for --resume
     checkpoint_every: int = 0
+    # faults on Ray: restarts of a lost learner actor (replayed from the latest checkpoint), and how
+    # long the run waits for a silent cluster or a restarting actor before it stops
+    learner_restarts: int = 3
+    liveness_timeout: float = 30.0
+    restart_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -130,6 +135,9 @@ class Config:
         for name in ("shard_cpus", "shard_gpus", "learner_cpus", "learner_gpus"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every}")
+        need(self.learner_restarts >= 0, f"learner_restarts must be >= 0, got {self.learner_restarts}")
+        for name in ("liveness_timeout", "restart_timeout"):
+            need(getattr(self, name) > 0, f"{name} must be a number of seconds > 0, got {getattr(self, name)}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         for name, allowed in _CHOICES.items():
             need(getattr(self, name) in allowed,
