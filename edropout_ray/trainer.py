@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +21,12 @@ from . import checkpoint, history
 from .config import Config
 from .data import DATASETS, DataSplits, load_dataset, make_loader
 from .engine import EDropoutEngine, StepRecord
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, RunLostError
 from .evaluation import evaluate
 from .models import ModelRecipe, is_torchvision_name
 from .report import build_report, write_report
 from .space import PruningSpace
+from .storage import Folder, open_folder
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ class TrainLoop:
     """Epochs of engine steps, with validation per epoch and checkpoints every N steps."""
 
     def __init__(self, engine: EDropoutEngine, setup: RunSetup, label: str, *, evolve: bool = True,
-                 checkpoint_dir: Path | None = None, on_epoch_end=None):
+                 checkpoint_dir: Path | Folder | None = None, on_epoch_end=None):
         self.engine, self.setup, self.label, self.evolve = engine, setup, label, evolve
         self.checkpoint_dir = checkpoint_dir
         self.on_epoch_end = on_epoch_end  # called with (loop, epoch row): how Tune gets its reports
@@ -207,7 +210,7 @@ def make_engine(space: PruningSpace, setup: RunSetup, address: str | None = None
     return start_distributed_engine(space, config, setup.recipe)
 
 
-def resume_config(output: Path, given: Config | None) -> Config:
+def resume_config(output: Folder, given: Config | None) -> Config:
     """The config saved with the run; a config given with --resume must agree with it."""
     saved = checkpoint.load_saved_config(output)
     if given is not None:
@@ -220,22 +223,42 @@ def resume_config(output: Path, given: Config | None) -> Config:
 
 def run(config: Config | None, output_dir: str | Path, progress: bool = True, *, resume: bool = False,
         address: str | None = None) -> dict:
-    """Train with EDropout, export the pruned model, write every artifact, return the report."""
-    output = Path(output_dir)
+    """Train with EDropout, export the pruned model, write every artifact, return the report.
+
+    `output_dir` is a local folder or a pyarrow.fs URI (s3://...): config and checkpoints are written
+    there as the run goes; with a URI the other artifacts are made in a local folder, then uploaded.
+    """
+    storage = open_folder(output_dir)
     payload = None
     if resume:
-        config = resume_config(output, config)
-        payload = checkpoint.load_checkpoint(output)  # before anything is written: a bad one is left alone
+        config = resume_config(storage, config)
+        payload = checkpoint.load_checkpoint(storage)  # before anything is written: a bad one is left alone
     elif config is None:
         raise ValueError("a config is needed unless resuming")
-    output.mkdir(parents=True, exist_ok=True)
+    with _local_folder(storage) as output:
+        return _run(config, storage, output, payload, progress, address)
+
+
+@contextlib.contextmanager
+def _local_folder(storage: Folder):
+    if storage.is_local:
+        Path(storage.path).mkdir(parents=True, exist_ok=True)
+        yield Path(storage.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="edropout-run-") as staging:
+        yield Path(staging)
+        storage.upload(Path(staging))
+
+
+def _run(config: Config, storage: Folder, output: Path, payload: dict | None, progress: bool,
+         address: str | None) -> dict:
     started = time.perf_counter()
     setup = prepare(config, address)
     space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
     log.info("pruning space: %s", space.describe())
-    checkpoint.save_config(output, config)
+    checkpoint.save_config(storage, config)
     if config.method == "edropout":
-        final_mask, step_rows, epoch_rows = _train_edropout(space, setup, output, payload, progress, address)
+        final_mask, step_rows, epoch_rows = _train_edropout(space, setup, storage, payload, progress, address)
     else:
         if payload is not None or config.shards:
             raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
@@ -269,7 +292,7 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
     return report
 
 
-def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload: dict | None, progress: bool,
+def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payload: dict | None, progress: bool,
                     address: str | None):
     """The EDropout loop on the configured runtime; returns (final mask, step rows, epoch rows)."""
     engine = make_engine(space, setup, address)
@@ -279,6 +302,8 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload:
             loop.restore(payload)
         loop.run(progress)
         engine.finish()  # again: a resumed run that had already finished runs no epoch
+    except RunLostError as error:
+        raise type(error)(f"{error}; {checkpoint.resume_hint(output)}") from None
     finally:
         engine.close()
     return engine.best_state.clone(), loop.step_rows, loop.epoch_rows
