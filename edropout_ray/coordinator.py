@@ -99,6 +99,7 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
     recoverable = config.checkpoint_every > 0 and config.learner_restarts > 0
     learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus,
                                                       max_restarts=config.learner_restarts if recoverable else 0)
-    actor = learner_actor.remote(recipe, example, config, weights, "cuda" if config.learner_gpus > 0 else "cpu")
-    learner = RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable)
+    weights_ref = ray.put(weights)
+    actor = learner_actor.remote(recipe, example, config, weights_ref, "cuda" if config.learner_gpus > 0 else "cpu")
+    learner = RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,))
     return DistributedEngine(space, config, pool, learner)

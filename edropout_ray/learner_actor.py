@@ -93,8 +93,9 @@ class RemoteLearner:
     """
 
     def __init__(self, actor, pool: ShardPool, sync_every: int, liveness: Liveness | None = None,
-                 recoverable: bool = False):
+                 recoverable: bool = False, keep: tuple = ()):
         self.actor, self.pool, self.sync_every = actor, pool, sync_every
+        self.keep = keep  # the actor's constructor arguments in the object store: Ray restarts it with them
         self.liveness = liveness or Liveness()
         self.recoverable = recoverable
         self.steps = 0
@@ -193,6 +194,7 @@ class RemoteLearner:
         """Wait for Ray's restart of the actor, load the latest checkpoint's state, replay the log."""
         if isinstance(cause, ray.exceptions.RayTaskError) and not isinstance(cause, LearnerRestarted):
             raise cause  # a bug in a step, not a lost actor
+        self.liveness.check_cluster("the learner")  # the whole cluster gone: say so, not "the learner"
         if not self.recoverable:
             raise ActorLostError(f"lost the learner actor ({type(cause).__name__}), which is restarted only from a "
                                  "checkpoint: set checkpoint_every (and learner_restarts > 0) to survive this") from None

@@ -54,7 +54,7 @@ class ShardWorker:
         """
         try:
             weights = ray.get(boxed[0])
-        except (ray.exceptions.RayError, ray.exceptions.RayTaskError):
+        except ray.exceptions.RayError:  # the learner died before, or while, making them
             self.weights_lost = True
             return
         self.weights_lost = False
