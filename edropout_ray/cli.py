@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of config keys (see the README)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key (repeatable); the value is read as YAML")
-    train.add_argument("--output", help="folder for report.json, the pruned model, history, plot, checkpoints")
+    train.add_argument("--output", help="folder, or pyarrow.fs URI (s3://, gs://), for report.json, the pruned model, "
+                       "history, plot, checkpoints")
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
     train.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a "
                        "local Ray when shards > 0 (inside `ray job submit` the job's cluster is used)")
