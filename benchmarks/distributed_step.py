@@ -106,7 +106,7 @@ def broadcast(model_name: str, image_size: int) -> dict:
         for _ in range(4):
             start = time.perf_counter()
             ref = ray.put(weights)
-            ray.get([s.load_weights.remote(ref) for s in shards[:count]])
+            ray.get([s.load_weights.remote([ref]) for s in shards[:count]])
             samples.append(time.perf_counter() - start)
         result[f"seconds_to_{count}"] = sorted(samples)[len(samples) // 2]
     for s in shards:

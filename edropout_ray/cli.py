@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of config keys (see the README)")
     train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override config keys: --set a=1 b=2, or --set a=1 --set b=2; values are read as YAML")
-    train.add_argument("--output", help="folder for report.json, the pruned model, history, plot, checkpoints")
+    train.add_argument("--output", help="folder, or pyarrow.fs URI (s3://, gs://), for report.json, the pruned model, "
+                       "history, plot, checkpoints")
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
     train.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a "
                        "local Ray when shards > 0 (inside `ray job submit` the job's cluster is used)")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
          "convert": _convert, "models": _models}[args.command](args)
     except (EDropoutError, FileNotFoundError, ValueError) as error:
         print(f"edropout-ray: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)  # 3: the run was lost, not the user's mistake
     except KeyboardInterrupt as interrupt:
         print(f"edropout-ray: interrupted{': ' + str(interrupt) if str(interrupt) else ''}", file=sys.stderr)
         return 130

@@ -94,6 +94,11 @@ class Config:
     checkpoint_every: int = 0
     # files of the pruned model: pt2 (torch.export), onnx (checked by ONNX Runtime)
     export_formats: list[str] = dataclasses.field(default_factory=lambda: ["pt2"])
+    # faults on Ray: restarts of a lost learner actor (replayed from the latest checkpoint), and how
+    # long the run waits for a silent cluster or a restarting actor before it stops
+    learner_restarts: int = 3
+    liveness_timeout: float = 30.0
+    restart_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -149,6 +154,9 @@ class Config:
         for name in ("shard_cpus", "shard_gpus", "learner_cpus", "learner_gpus"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every}")
+        need(self.learner_restarts >= 0, f"learner_restarts must be >= 0, got {self.learner_restarts}")
+        for name in ("liveness_timeout", "restart_timeout"):
+            need(getattr(self, name) > 0, f"{name} must be a number of seconds > 0, got {getattr(self, name)}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         for name, allowed in _CHOICES.items():
             need(getattr(self, name) in allowed,

@@ -2,6 +2,10 @@
 
 With `overlap: true`, the children of step t+1 are scored while the learner runs step t, so the
 energies use weights one step old; the learner then never waits for scoring.
+
+Faults: a dead shard is replaced by the pool; a lost learner is recovered by its proxy; a shard
+that lacks the weights it was sent makes the coordinator recover the learner and score again.
+Every wait checks the cluster (liveness.py), so a lost cluster stops the run instead of hanging it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import torch
 from .config import Config
 from .engine import EDropoutEngine, StepRecord
 from .learner_actor import LearnerWorker, RemoteLearner
+from .liveness import Liveness
 from .models import ModelRecipe
-from .shard import ShardPool, ShardWorker
+from .shard import ShardPool, ShardWorker, WeightsLost
 from .space import PruningSpace
 
 
@@ -23,9 +28,16 @@ class DistributedEngine(EDropoutEngine):
     """EDropoutEngine whose scorer is a ShardPool and whose learner is a remote actor."""
 
     def __init__(self, space: PruningSpace, config: Config, pool: ShardPool, learner: RemoteLearner):
-        super().__init__(space, config, scorer=pool, learner=learner)
+        super().__init__(space, config, scorer=self._score, learner=learner)
         self.pool = pool
         self._pending: tuple[ray.ObjectRef, StepRecord] | None = None
+
+    def _score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                return self.pool(states, x, y)
+            except WeightsLost as error:  # bounded: each recovery uses up one of the learner's restarts
+                self.learner.recover(error)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
         if not self.config.overlap:
@@ -46,7 +58,7 @@ class DistributedEngine(EDropoutEngine):
     def _collect_pending(self) -> None:
         if self._pending is not None:
             future, record = self._pending
-            result = ray.get(future)
+            result = self.learner.result(future)
             record.loss, record.accuracy = result.loss, result.accuracy
             self._pending = None
 
@@ -76,12 +88,18 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
     def make_shard():
         return shard_actor.remote(recipe, example, config.scoring, config.energy, config.kappa, shard_device)
 
-    pool = ShardPool(make_shard, config.shards)
-    units = ray.get([shard.num_units.remote() for shard in pool.shards])
+    liveness = Liveness(config.liveness_timeout, config.restart_timeout)
+    pool = ShardPool(make_shard, config.shards, liveness)
+    units = liveness.get([shard.num_units.remote() for shard in pool.shards], "the shards to start")
     if any(u != space.num_units for u in units):
         raise RuntimeError(f"shards found {units} units, the driver {space.num_units}: the model must build "
                            "deterministically from its name")
     weights = {k: v.detach().cpu() for k, v in space.model.state_dict().items()}
-    learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus)
-    actor = learner_actor.remote(recipe, example, config, weights, "cuda" if config.learner_gpus > 0 else "cpu")
-    return DistributedEngine(space, config, pool, RemoteLearner(actor, pool, config.sync_every))
+    # without checkpoints there is no state to restart a learner from: better stop than restart it empty
+    recoverable = config.checkpoint_every > 0 and config.learner_restarts > 0
+    learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus,
+                                                      max_restarts=config.learner_restarts if recoverable else 0)
+    weights_ref = ray.put(weights)
+    actor = learner_actor.remote(recipe, example, config, weights_ref, "cuda" if config.learner_gpus > 0 else "cpu")
+    learner = RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,))
+    return DistributedEngine(space, config, pool, learner)

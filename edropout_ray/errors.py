@@ -26,3 +26,13 @@ class NonFiniteLossError(EDropoutError, FloatingPointError):
 
 class CheckpointError(EDropoutError):
     """A checkpoint is corrupt or does not match the run it is loaded into."""
+
+
+class RunLostError(EDropoutError):
+    """The run lost what it runs on (the Ray cluster, or an actor for good); its checkpoint is intact.
+
+    Not the user's mistake: the CLI exits with code 3, so a script can tell it from bad input and
+    retry with `--resume`.
+    """
+
+    exit_code = 3

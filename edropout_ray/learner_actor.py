@@ -3,9 +3,19 @@
 The proxy has the local `Learner`'s interface (step, end_epoch, lr, weights, state_dict), so the
 engine does not know which runtime it drives. After every `sync_every` steps it publishes the
 new weights to the shards through the object store, without a trip through the driver.
+
+A lost learner (its node gone, its process killed) is restarted by Ray (`max_restarts`); the
+proxy then loads the latest checkpoint's learner state into it and replays the calls made since,
+so the run continues as if nothing happened. That state is the one the last checkpoint wrote,
+kept in the driver's object store (no read back from storage, and nothing extra to fetch: the
+checkpoint fetched it anyway); the batches since then are kept there too, as references.
 """
 
 from __future__ import annotations
+
+import logging
+import time
+import warnings
 
 import numpy as np
 import ray
@@ -13,9 +23,16 @@ import torch
 
 from .config import Config
 from .learner import Learner, StepResult
+from .liveness import ActorLostError, Liveness
 from .models import ModelRecipe
 from .shard import ShardPool
 from .space import PruningSpace
+
+log = logging.getLogger(__name__)
+
+
+class LearnerRestarted(RuntimeError):
+    """A restarted actor holds its initial weights again: it refuses work until a state is loaded."""
 
 
 class LearnerWorker:
@@ -25,43 +42,76 @@ class LearnerWorker:
         model = recipe.build().to(self.device)
         model.load_state_dict(initial_weights)
         self.learner = Learner(PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring), config)
+        with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally
+            warnings.simplefilter("ignore")
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+
+    def _ready(self) -> Learner:
+        if self.restarted:
+            raise LearnerRestarted("the learner actor was restarted and has not been given its state yet")
+        return self.learner
+
+    def ping(self) -> bool:
+        return True
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        return self.learner.step(state.to(self.device), x.to(self.device), y.to(self.device))
+        return self._ready().step(state.to(self.device), x.to(self.device), y.to(self.device))
 
     def end_epoch(self) -> None:
-        self.learner.end_epoch()
+        self._ready().end_epoch()
 
     def lr(self) -> float:
-        return self.learner.lr
+        return self._ready().lr
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return self.learner.weights()
+        return self._ready().weights()
 
     def weights_for_broadcast(self) -> dict[str, np.ndarray]:
         """NumPy views of the weights: Ray copies them into the object store once, without pickling
         (tensors would be pickled). Safe without a clone: the return value is stored before this
         single-threaded actor runs its next step."""
-        return {name: value.detach().cpu().numpy() for name, value in self.learner.model.state_dict().items()}
+        return {name: value.detach().cpu().numpy() for name, value in self._ready().model.state_dict().items()}
 
     def state_dict(self) -> dict:
-        return self.learner.state_dict()
+        return self._ready().state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state)
+        self.restarted = False
+
+
+# errors that mean "the actor lost its state": it died (and may be restarting), or it came back empty
+LOST = (ray.exceptions.RayActorError, LearnerRestarted)
 
 
 class RemoteLearner:
-    """Drives a LearnerWorker actor; publishes its weights to `pool` every `sync_every` steps."""
+    """Drives a LearnerWorker actor; publishes its weights to `pool` every `sync_every` steps.
 
-    def __init__(self, actor, pool: ShardPool, sync_every: int):
+    With `recoverable`, it keeps a replay log: the calls since the last checkpoint's learner state
+    (steps with their state and batch, epoch ends, the last publish). When the actor is lost, Ray
+    restarts it (`max_restarts`), and `recover` loads that state and replays the log.
+    """
+
+    def __init__(self, actor, pool: ShardPool, sync_every: int, liveness: Liveness | None = None,
+                 recoverable: bool = False, keep: tuple = ()):
         self.actor, self.pool, self.sync_every = actor, pool, sync_every
+        self.keep = keep  # the actor's constructor arguments in the object store: Ray restarts it with them
+        self.liveness = liveness or Liveness()
+        self.recoverable = recoverable
         self.steps = 0
+        self.recoveries = 0
+        self.log: list[tuple] = []
+        self.snapshot_ref: ray.ObjectRef | None = None
+        self.last_future: ray.ObjectRef | None = None
+        if recoverable:  # the state at step 0, until the first checkpoint replaces it
+            self.snapshot_ref = ray.put(self._read("state_dict"))
         self.publish()
 
+    # ---- the Learner interface -----------------------------------------------------------------
     def publish(self) -> None:
         """The weights after the learner's last submitted step (actor calls run in order)."""
         self.pool.publish(self.actor.weights_for_broadcast.remote())
+        self._log("publish")
 
     def publish_if_due(self) -> None:
         if self.steps % self.sync_every == 0:
@@ -70,29 +120,115 @@ class RemoteLearner:
     def step_async(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> "ray.ObjectRef":
         """Start a step without publishing its weights: the caller decides when shards get them."""
         self.steps += 1
-        return self.actor.step.remote(state.cpu(), x.cpu(), y.cpu())
+        args = (state.cpu(), ray.put(x.cpu()), ray.put(y.cpu()))
+        self._log("step", *args)
+        self.last_future = self.actor.step.remote(*args)
+        return self.last_future
+
+    def result(self, future: "ray.ObjectRef") -> StepResult:
+        """The step's result; if the actor was lost meanwhile, recover it and take the replayed one."""
+        while True:
+            try:
+                return self.liveness.get(future, "the learner's step")
+            except LOST as error:
+                if future is not self.last_future:
+                    raise  # only the latest step is awaited by the engines
+                self.recover(error)
+                future = self.last_future
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         future = self.step_async(state, x, y)
         self.publish_if_due()
-        return ray.get(future)
+        return self.result(future)
 
     def end_epoch(self) -> None:
-        ray.get(self.actor.end_epoch.remote())
+        self._log("end_epoch")
+        future = self.actor.end_epoch.remote()
+        try:
+            self.liveness.get(future, "the learner's end of epoch")
+        except LOST as error:
+            self.recover(error)  # the replay ends the epoch
 
     @property
     def lr(self) -> float:
-        return ray.get(self.actor.lr.remote())
+        return self._read("lr")
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return ray.get(self.actor.weights.remote())
+        return self._read("weights")
 
     def state_dict(self) -> dict:
-        return ray.get(self.actor.state_dict.remote())
+        """The learner's state, for a checkpoint; it also becomes the state a lost learner restarts from."""
+        state = self._read("state_dict")
+        if self.recoverable:
+            self.snapshot_ref = ray.put(state)
+            # the shards' weights are this state's only if they were published after the last step
+            published_now = bool(self.log) and self.log[-1][0] == "publish"
+            self.log = [("publish",)] if published_now else []
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        ray.get(self.actor.load_state_dict.remote(state))
+        self.liveness.get(self.actor.load_state_dict.remote(state), "the learner's state")
+        if self.recoverable:
+            self.snapshot_ref, self.log = ray.put(state), []
         self.publish()
 
     def close(self) -> None:
-        ray.kill(self.actor)
+        try:
+            ray.kill(self.actor)
+        except Exception:  # the cluster is already gone
+            pass
+
+    # ---- recovery ------------------------------------------------------------------------------
+    def _log(self, *entry) -> None:
+        if self.recoverable:
+            self.log.append(entry)
+
+    def _read(self, method: str):
+        while True:
+            try:
+                return self.liveness.get(getattr(self.actor, method).remote(), "the learner")
+            except LOST as error:
+                self.recover(error)
+
+    def recover(self, cause: BaseException) -> None:
+        """Wait for Ray's restart of the actor, load the latest checkpoint's state, replay the log."""
+        if isinstance(cause, ray.exceptions.RayTaskError) and not isinstance(cause, LearnerRestarted):
+            raise cause  # a bug in a step, not a lost actor
+        self.liveness.check_cluster("the learner")  # the whole cluster gone: say so, not "the learner"
+        if not self.recoverable:
+            raise ActorLostError(f"lost the learner actor ({type(cause).__name__}), which is restarted only from a "
+                                 "checkpoint: set checkpoint_every (and learner_restarts > 0) to survive this") from None
+        self.recoveries += 1
+        steps = sum(1 for entry in self.log if entry[0] == "step")
+        log.warning("the learner actor was lost (%s); restarting it from the latest checkpoint and replaying %d "
+                    "steps", type(cause).__name__, steps)
+        self._wait_for_restart()
+        self.actor.load_state_dict.remote(self.snapshot_ref)
+        last_publish = max((i for i, entry in enumerate(self.log) if entry[0] == "publish"), default=None)
+        for index, (kind, *args) in enumerate(self.log):
+            if kind == "step":
+                self.last_future = self.actor.step.remote(*args)
+            elif kind == "end_epoch":
+                self.actor.end_epoch.remote()
+            elif index == last_publish:  # earlier publishes were superseded before anything scored with them
+                self.pool.publish(self.actor.weights_for_broadcast.remote())
+        if last_publish is None:  # the shards' weights predate the checkpoint: the closest we have
+            log.warning("republishing the checkpoint's weights to the shards")
+            self.pool.publish(self.actor.weights_for_broadcast.remote())
+
+    def _wait_for_restart(self) -> None:
+        deadline = time.monotonic() + self.liveness.restart_timeout_s
+        while True:
+            try:
+                self.liveness.get(self.actor.ping.remote(), "the restarted learner actor",
+                                  deadline_s=max(1.0, deadline - time.monotonic()))
+                return
+            except ray.exceptions.ActorDiedError:
+                raise ActorLostError("lost the learner actor for good: it died more often than learner_restarts "
+                                     "allows, or its node is gone and nothing can take it") from None
+            except ray.exceptions.RayActorError:  # unavailable for a moment: still restarting
+                if time.monotonic() > deadline:
+                    raise ActorLostError(f"the learner actor did not come back within "
+                                         f"{self.liveness.restart_timeout_s:.0f} s (raise restart_timeout if new "
+                                         "nodes take longer to start)") from None
+                time.sleep(0.5)

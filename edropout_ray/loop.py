@@ -20,6 +20,7 @@ from . import checkpoint
 from .engine import EDropoutEngine, StepRecord
 from .evaluation import evaluate
 from .setup import RunSetup, steps_per_epoch
+from .storage import Folder
 
 
 def _progress(total: int, done: int, description: str, enabled: bool):
@@ -38,7 +39,7 @@ class TrainLoop:
 
     def __init__(self, engine: EDropoutEngine, setup: RunSetup, label: str, *, state: torch.Tensor | None = None,
                  epochs: int | None = None, epoch_steps: int | None = None, patience: int | None = None,
-                 checkpoint_dir: Path | None = None, on_epoch_end=None):
+                 checkpoint_dir: Path | Folder | None = None, on_epoch_end=None):
         self.engine, self.setup, self.label = engine, setup, label
         self.state = state
         self.epochs = setup.config.epochs if epochs is None else epochs

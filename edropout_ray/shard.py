@@ -3,7 +3,9 @@
 `ShardPool` scatters the children over the shards and gathers their energies. A shard that dies
 is replaced by a new actor that receives the latest published weights, and its slice is scored
 again, so no population state is lost (DESIGN.md, invariant 6): the coordinator keeps the
-authoritative population, the shards only ever hold copies of their slices.
+authoritative population, the shards only ever hold copies of their slices. A shard that could not
+load the weights it was sent (the learner died before they reached it) refuses to score with old
+ones: it raises WeightsLost, and the coordinator recovers the learner and publishes them again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,17 @@ from typing import Callable
 import ray
 import torch
 
+from .liveness import ActorLostError, Liveness
 from .models import ModelRecipe
 from .space import PruningSpace
 
 log = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS_PER_CALL = 3
+
+
+class WeightsLost(RuntimeError):
+    """The shard's last weights never arrived: scoring now would use older ones."""
 
 
 class ShardWorker:
@@ -34,18 +41,31 @@ class ShardWorker:
         self.energy, self.kappa = energy, kappa
         self.states: torch.Tensor | None = None
         self.energies: torch.Tensor | None = None
+        self.weights_lost = False
 
     def num_units(self) -> int:
         return self.space.num_units
 
-    def load_weights(self, weights: dict) -> None:
-        """Tensors, or NumPy arrays read zero-copy from the object store (read-only: copied in)."""
+    def load_weights(self, boxed: list) -> None:
+        """`[ref]` of tensors, or of NumPy arrays read zero-copy from the object store (read-only: copied in).
+
+        Boxed so that Ray does not resolve the ref before the call: a ref that fails to resolve would
+        fail this call unseen, and the shard would go on scoring with the weights it had before.
+        """
+        try:
+            weights = ray.get(boxed[0])
+        except ray.exceptions.RayError:  # the learner died before, or while, making them
+            self.weights_lost = True
+            return
+        self.weights_lost = False
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not writable.*")
             tensors = {k: torch.as_tensor(v) for k, v in weights.items()}
         self.space.model.load_state_dict(tensors)
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.weights_lost:
+            raise WeightsLost("this shard's latest weights were lost with the learner")
         x, y = x.to(self.device), y.to(self.device)
         energies = self.space.score(states, x, y, energy=self.energy, kappa=self.kappa).cpu()
         self.states, self.energies = states.clone(), energies
@@ -55,8 +75,10 @@ class ShardWorker:
 class ShardPool:
     """N shard actors behind one scorer call `(states, x, y) -> energies`."""
 
-    def __init__(self, make_shard: Callable[[], "ray.actor.ActorHandle"], count: int):
+    def __init__(self, make_shard: Callable[[], "ray.actor.ActorHandle"], count: int,
+                 liveness: Liveness | None = None):
         self.make_shard = make_shard
+        self.liveness = liveness or Liveness()
         self.shards = [make_shard() for _ in range(count)]
         self.weights_ref: ray.ObjectRef | None = None
         self.replacements = 0
@@ -65,7 +87,7 @@ class ShardPool:
         """Send weights through the object store; each shard applies them before its next score."""
         self.weights_ref = weights_ref
         for shard in self.shards:
-            shard.load_weights.remote(weights_ref)
+            shard.load_weights.remote([weights_ref])
 
     def score_async(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> "PendingScores":
         chunks = [c for c in torch.tensor_split(states, len(self.shards)) if len(c)]
@@ -85,30 +107,42 @@ class ShardPool:
             pass
         shard = self.make_shard()
         if self.weights_ref is not None:
-            shard.load_weights.remote(self.weights_ref)
+            shard.load_weights.remote([self.weights_ref])
         self.shards[index] = shard
 
     def close(self) -> None:
         for shard in self.shards:
-            ray.kill(shard)
+            try:
+                ray.kill(shard)
+            except Exception:  # the cluster is already gone
+                pass
 
 
 class PendingScores:
-    """Energies being computed; `result()` gathers them, re-scoring the slices of dead shards."""
+    """Energies being computed; `result()` gathers them, re-scoring the slices of dead shards.
+
+    Raises WeightsLost (after every slice is in) when a shard lacks the weights it was sent.
+    """
 
     def __init__(self, pool: ShardPool, chunks, x_ref, y_ref, futures):
         self.pool, self.chunks, self.x_ref, self.y_ref, self.futures = pool, chunks, x_ref, y_ref, futures
 
     def result(self) -> torch.Tensor:
-        energies = []
+        energies, lost = [], None
         for index, (chunk, future) in enumerate(zip(self.chunks, self.futures)):
             for attempt in range(MAX_REPLACEMENTS_PER_CALL + 1):
                 try:
-                    energies.append(ray.get(future))
+                    energies.append(self.pool.liveness.get(future, f"population shard {index}"))
+                    break
+                except WeightsLost as error:
+                    lost = error
                     break
                 except ray.exceptions.RayActorError:
                     if attempt == MAX_REPLACEMENTS_PER_CALL:
-                        raise
+                        raise ActorLostError(f"population shard {index} died {attempt + 1} times in one step; "
+                                             "its node keeps failing") from None
                     self.pool.replace(index)
                     future = self.pool.shards[index].score.remote(chunk, self.x_ref, self.y_ref)
+        if lost is not None:
+            raise WeightsLost(str(lost))
         return torch.cat(energies)

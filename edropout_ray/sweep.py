@@ -4,7 +4,8 @@ One trial is one EDropout run (`trainer.TrainLoop`), reporting validation top-1,
 parameters kept and the objective after every epoch, with a checkpoint that holds everything a
 PBT exploit needs to copy the trial (weights, optimizer, population, random generators). A trial
 reserves its learner and its shards together as one placement group, so a sweep never deadlocks
-on half-placed trials; Tune runs as many trials at once as the cluster fits.
+on half-placed trials; Tune runs as many trials at once as the cluster fits. A trial that fails (its
+node lost) is restarted by Tune from its last checkpoint, up to `max_failures` times.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class SweepSpec:
     perturbation_interval: int = 2  # PBT: epochs between exploit/explore
     mutations: dict = field(default_factory=dict)  # PBT: key -> domain, keys from MUTABLE_KEYS
     max_concurrent: int = 0  # 0 = as many as the cluster fits
+    max_failures: int = 2  # restarts of a failed trial from its last checkpoint (Tune's FailureConfig)
 
     def __post_init__(self) -> None:
         keys = set(Config.__dataclass_fields__)
@@ -78,6 +80,9 @@ class SweepSpec:
                                   f"mutable keys: {', '.join(MUTABLE_KEYS)}")
         if self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise ConfigError(f"max_failures (restarts of a failed trial) must be an integer >= 0, got "
+                              f"{self.max_failures!r}")
 
     def param_space(self) -> dict:
         return {**self.base, **{key: _domain(key, value) for key, value in self.search.items()}}
@@ -196,6 +201,7 @@ def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, addr
                                         num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent or None),
             # PBT exploits copy another trial's checkpoint, which must still exist then: keep them all
             run_config=tune.RunConfig(name="tune", storage_path=str(output), verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(
                                           num_to_keep=None if spec.scheduler == "pbt" else 2)),
         )
@@ -236,7 +242,8 @@ def collect(results, swept: list[str]) -> list[dict]:
         if result.metrics is None or "val_top1" not in (result.metrics or {}):
             continue
         metrics = result.metrics
-        row = {"trial_id": metrics.get("trial_id", ""), "epochs_done": metrics.get("training_iteration", 0)}
+        row = {"trial_id": metrics.get("trial_id", ""), "epochs_done": metrics.get("training_iteration", 0),
+               "restored": metrics.get("iterations_since_restore", 0) < metrics.get("training_iteration", 0)}
         row |= {key: _plain(result.config.get(key)) for key in dict.fromkeys(swept)}
         row |= {k: metrics[k] for k in ("val_top1", "val_loss", "params_kept_fraction", "units_kept_fraction",
                                         "objective")}

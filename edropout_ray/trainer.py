@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,12 +19,13 @@ from . import checkpoint, history
 from .baselines import run_baseline
 from .config import Config
 from .engine import EDropoutEngine
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, RunLostError
 from .evaluation import evaluate
 from .loop import TrainLoop
 from .report import build_report, write_report
 from .setup import RunSetup, prepare
 from .space import PruningSpace
+from .storage import Folder, open_folder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def make_engine(space: PruningSpace, setup: RunSetup, address: str | None = None
     return start_distributed_engine(space, config, setup.recipe)
 
 
-def resume_config(output: Path, given: Config | None) -> Config:
+def resume_config(output: Folder, given: Config | None) -> Config:
     """The config saved with the run; a config given with --resume must agree with it."""
     saved = checkpoint.load_saved_config(output)
     if given is not None:
@@ -52,22 +55,42 @@ def resume_config(output: Path, given: Config | None) -> Config:
 
 def run(config: Config | None, output_dir: str | Path, progress: bool = True, *, resume: bool = False,
         address: str | None = None) -> dict:
-    """Prune with the configured method, export the pruned model, write every artifact, return the report."""
-    output = Path(output_dir)
+    """Prune with the configured method, export the pruned model, write every artifact, return the report.
+
+    `output_dir` is a local folder or a pyarrow.fs URI (s3://...): config and checkpoints are written
+    there as the run goes; with a URI the other artifacts are made in a local folder, then uploaded.
+    """
+    storage = open_folder(output_dir)
     payload = None
     if resume:
-        config = resume_config(output, config)
-        payload = checkpoint.load_checkpoint(output)  # before anything is written: a bad one is left alone
+        config = resume_config(storage, config)
+        payload = checkpoint.load_checkpoint(storage)  # before anything is written: a bad one is left alone
     elif config is None:
         raise ValueError("a config is needed unless resuming")
-    output.mkdir(parents=True, exist_ok=True)
+    with _local_folder(storage) as output:
+        return _run(config, storage, output, payload, progress, address)
+
+
+@contextlib.contextmanager
+def _local_folder(storage: Folder):
+    if storage.is_local:
+        Path(storage.path).mkdir(parents=True, exist_ok=True)
+        yield Path(storage.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="edropout-run-") as staging:
+        yield Path(staging)
+        storage.upload(Path(staging))
+
+
+def _run(config: Config, storage: Folder, output: Path, payload: dict | None, progress: bool,
+         address: str | None) -> dict:
     started = time.perf_counter()
     setup = prepare(config, address)
     space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
     log.info("pruning space: %s", space.describe())
-    checkpoint.save_config(output, config)
+    checkpoint.save_config(storage, config)
     if config.method == "edropout":
-        final_mask, step_rows, epoch_rows, freeze_reason = _train_edropout(space, setup, output, payload, progress,
+        final_mask, step_rows, epoch_rows, freeze_reason = _train_edropout(space, setup, storage, payload, progress,
                                                                            address)
     else:
         if payload is not None or config.shards:
@@ -101,7 +124,7 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
     return report
 
 
-def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload: dict | None, progress: bool,
+def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payload: dict | None, progress: bool,
                     address: str | None):
     """The EDropout loop on the configured runtime; returns (final mask, step rows, epoch rows, why it froze)."""
     engine = make_engine(space, setup, address)
@@ -111,6 +134,8 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Path, payload:
             loop.restore(payload)
         loop.run(progress)
         engine.finish()  # again: a resumed run that had already finished runs no epoch
+    except RunLostError as error:
+        raise type(error)(f"{error}; {checkpoint.resume_hint(output)}") from None
     finally:
         engine.close()
     return engine.best_state.clone(), loop.step_rows, loop.epoch_rows, engine.freeze_reason

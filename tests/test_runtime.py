@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import random
+from dataclasses import asdict
 
 import pytest
 import ray
 import torch
 
 from edropout_ray.config import Config
+from edropout_ray.liveness import ActorLostError
 from edropout_ray.space import PruningSpace
 from edropout_ray.trainer import TrainLoop, make_engine, prepare
 
@@ -24,22 +27,26 @@ def local_ray():
     ray.shutdown()
 
 
-def train(shards: int, overlap: bool = False, kill_shard_at: int | None = None):
-    """Run a short training; optionally kill shard 0 after `kill_shard_at` steps. Returns (mask, rows, engine)."""
-    setup = prepare(Config(shards=shards, overlap=overlap, **BUDGET))
+def train(shards: int, overlap: bool = False, kill_shard_at: int | None = None, kill_learner_at: int | None = None,
+          checkpoint_dir=None, **keys):
+    """Run a short training; optionally kill shard 0 (or the learner) after that many steps.
+    Returns (mask, rows, engine)."""
+    setup = prepare(Config(shards=shards, overlap=overlap, **BUDGET, **keys))
     space = PruningSpace(setup.new_model(), setup.example_inputs())
     engine = make_engine(space, setup)
-    if kill_shard_at is not None:
+    if kill_shard_at is not None or kill_learner_at is not None:
         original_step = engine.step
 
         def step_then_kill(x, y, epoch):
             record = original_step(x, y, epoch)
             if engine.step_count == kill_shard_at:
                 ray.kill(engine.pool.shards[0], no_restart=True)
+            if engine.step_count == kill_learner_at:  # as a lost node does: Ray may restart it
+                ray.kill(engine.learner.actor, no_restart=False)
             return record
 
         engine.step = step_then_kill
-    loop = TrainLoop(engine, setup, f"shards={shards}")
+    loop = TrainLoop(engine, setup, f"shards={shards}", checkpoint_dir=checkpoint_dir)
     try:
         loop.run(progress=False)
         engine.finish()
@@ -69,6 +76,22 @@ def test_a_killed_shard_is_replaced_and_nothing_is_lost(one_shard):
     assert engine.pool.replacements >= 1
     assert torch.equal(mask, mask_1)
     assert [r.best_energy for r in rows] == [r.best_energy for r in rows_1]
+
+
+def test_a_killed_learner_restarts_from_its_checkpoint_and_replays(one_shard, tmp_path):
+    """Kill the learner actor at a random step: Ray restarts it, the proxy loads the latest checkpoint's
+    state and replays the steps since; the run ends as the uninterrupted one, history included."""
+    mask_1, rows_1, _ = one_shard
+    step = random.Random().randint(1, len(rows_1) - 1)
+    mask, rows, engine = train(shards=2, kill_learner_at=step, checkpoint_dir=tmp_path, checkpoint_every=3)
+    assert engine.learner.recoveries >= 1, f"killed after step {step}"
+    assert torch.equal(mask, mask_1), f"killed after step {step}"
+    assert [asdict(r) for r in rows] == [asdict(r) for r in rows_1], f"killed after step {step}"
+
+
+def test_a_lost_learner_without_checkpoints_stops_the_run_clearly():
+    with pytest.raises(ActorLostError, match="restarted only from a checkpoint: set checkpoint_every"):
+        train(shards=1, kill_learner_at=2)
 
 
 def test_overlap_runs_with_energies_one_step_old(one_shard):

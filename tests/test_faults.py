@@ -1,0 +1,136 @@
+"""Faults a cloud deals out: the Ray instance a run uses is killed mid-run, from outside."""
+
+from __future__ import annotations
+
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+LIVENESS_S = 5
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc): here, the Ray instance a run started for itself."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.fixture
+def private_ray_env():
+    """Environment for a subprocess whose local Ray lives in its own short temp dir (Unix socket paths
+    are limited to 107 bytes), where it cannot find, or be found by, any other Ray on the machine."""
+    folder = tempfile.mkdtemp(prefix="edr", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": folder, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    yield env
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_killed_ray_stops_the_run_with_the_resume_command(tmp_path, private_ray_env):
+    """Kill every process of the local Ray a run started (GCS, raylet, actors) mid-run: the driver stops
+    within the liveness timeout with one line naming the loss and the --resume command, exit code 3,
+    and leaves the checkpoint as it was."""
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "edropout_ray", "train", "--quiet", "--output", str(output),
+               "--set", "shards=1", "--set", "epochs=50", "--set", "max_steps_per_epoch=4", "--set", "batch_size=32",
+               "--set", "checkpoint_every=2", "--set", f"liveness_timeout={LIVENESS_S}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=private_ray_env)
+    checkpoint = output / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    ray_processes = descendants(process.pid)
+    assert ray_processes, "the run started its own Ray"
+    for pid in ray_processes:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    killed = time.monotonic()
+    saved = checkpoint.read_bytes()
+    try:
+        _, stderr = process.communicate(timeout=LIVENESS_S + 60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the driver hung after its Ray was killed")
+    stopped_after = time.monotonic() - killed
+    errors = [line for line in stderr.splitlines() if line.startswith("edropout-ray: error:")]
+    assert process.returncode == 3, stderr[-3000:]
+    assert len(errors) == 1 and "lost the Ray cluster" in errors[0], stderr[-3000:]
+    assert f"edropout-ray train --resume {output}" in errors[0]
+    assert "Traceback" not in stderr
+    assert stopped_after < LIVENESS_S + 30
+    assert checkpoint.read_bytes() == saved, "the checkpoint is left as it was"
+    assert not (output / "report.json").exists()
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+SWEEP = """
+base: {epochs: 5, max_steps_per_epoch: 3, batch_size: 64, seed: 3}
+search:
+  population_size: {grid: [4, 4]}
+max_failures: 2
+"""
+
+
+def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_its_twin(tmp_path, private_ray_env):
+    """Two identical trials; one trial's worker process is killed after the first checkpoints. Tune restarts
+    it from that checkpoint (max_failures), and it ends with exactly its untouched twin's results."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP)
+    output = tmp_path / "sweep"
+    process = subprocess.Popen([sys.executable, "-m", "edropout_ray", "sweep", "--config", str(spec), "--output",
+                                str(output)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=private_ray_env)
+    deadline, killed = time.monotonic() + 600, None
+    while killed is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if len(list((output / "tune").glob("*/checkpoint_000000"))) < 2:
+            continue  # both trials have a checkpoint: the killed one continues from its own
+        trials = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
+        if trials:
+            killed = trials[0]
+            os.kill(killed, signal.SIGKILL)
+    log, _ = process.communicate(timeout=600)
+    assert killed is not None, log[-3000:]
+    assert process.returncode == 0, log[-3000:]
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(output / "trials.parquet").to_pylist()
+    assert len(rows) == 2 and all(row["error"] is None for row in rows), rows
+    assert sum(row["restored"] for row in rows) == 1, rows
+    twin, restored = sorted(rows, key=lambda row: row["restored"])
+    for key in ("epochs_done", "val_top1", "val_loss", "params_kept_fraction", "units_kept_fraction"):
+        assert restored[key] == twin[key], key
