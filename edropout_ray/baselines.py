@@ -18,7 +18,7 @@ from .config import Config
 from .engine import EDropoutEngine
 from .loop import TrainLoop
 from .setup import RunSetup, steps_per_epoch
-from .sizing import fit_to_parameters
+from .sizing import fit_to_parameters, parameters_fraction
 from .space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
@@ -135,10 +135,15 @@ def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedR
             break
         scores = mean_abs_activation(space, state, setup.train_loader, setup.device,
                                      max_batches=setup.config.max_steps_per_epoch)
-        if cycle < cycles - 1:
-            state = select_to_drop(scores, state, layer, config.dropnet_strategy, config.dropnet_fraction, generator)
-        else:
+        cut = select_to_drop(scores, state, layer, config.dropnet_strategy, config.dropnet_fraction, generator) \
+            if cycle < cycles - 1 else None
+        if cut is None or (by_params and parameters_fraction(space, cut) < by_params):
+            # the last cut: exactly to the target (the activation ranking may reach it in fewer cycles
+            # than the estimate from an even cut, when it removes the cheaper units first)
             state = _last_cut(space, config, scores, state, layer, keep_fraction, kept, generator)
+            cycles = cycle + 1
+        else:
+            state = cut
         _reset(space, initial, config, setup, cycle)
     return PrunedRun(state, rows)
 
