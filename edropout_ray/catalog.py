@@ -44,6 +44,7 @@ TIMM_FAMILIES = {
     "DPN": "dpn48b",
     "SelecSLS": "selecsls42b",
     "ResNeXt": "resnext26ts",
+    "SKNet": "skresnet18",
     "ResNeSt": "resnest14d",
     "VoVNet": "ese_vovnet19b_slim_dw",
     "InceptionNeXt": "inception_next_atto",
