@@ -39,7 +39,6 @@ TIMM_FAMILIES = {
     "CSP-Darknet (CS3)": "cs3darknet_s",
     "Darknet": "darknet17",
     "GENet": "gernet_s",
-    "ReXNet": "rexnet_100",
     "HGNetV2": "hgnetv2_b0",
     "DenseNet": "densenet121",
     "DPN": "dpn48b",

@@ -155,6 +155,8 @@ class _GroupReader:
             if isinstance(module, tp.ops._SliceOp) and not _is_identity_slice(module):
                 return [], [], (f"a channel slice x[{module.start}:{module.end}] whose bounds are fixed in the "
                                 "model's code, so the pruned model would slice the wrong channels")
+            if isinstance(module, tp.ops._ElementWiseOp) and "stack" in str(getattr(module, "_grad_fn", "")).lower():
+                return [], [], "a torch.stack of channel tensors, which Torch-Pruning takes for an elementwise op"
             if isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp)):
                 return [], [], ("a channel split (torch.split, chunk) whose sizes the model's code computed before "
                                 "pruning, so the pruned model would split at the wrong channels")
