@@ -22,15 +22,14 @@ import torch_pruning as tp
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .channel_norms import CHANNEL_NORMS, ChannelNorm, channel_dim, kept_channel_statistics, record_inputs
+from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from .energies import Energy, resolve_energy
 from .errors import NothingToPruneError, UnsupportedModelError
+from .groups import CONVS, NORMS, GroupReader
 from .removal import prune_physically
 
 log = logging.getLogger(__name__)
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 @dataclass(frozen=True)
@@ -63,190 +62,6 @@ class _SliceIndex:
     is_buffer: bool
 
 
-def _is_depthwise(conv: nn.Module) -> bool:
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-
-
-class _GroupReader:
-    """Turns Torch-Pruning groups into slice indices, refusing anything it cannot mask exactly."""
-
-    def __init__(self, model: nn.Module, graph: tp.DependencyGraph, norm_inputs: dict[nn.Module, torch.Tensor]):
-        self.model = model
-        self.graph = graph
-        self.names = {module: name for name, module in model.named_modules()}
-        self.tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-        self.norm_inputs = norm_inputs
-
-    def feeds_output(self, group) -> bool:
-        """True if removing these channels would remove model outputs (found by the graph, not by type)."""
-        for item in group.items:
-            node = item.dep.target
-            if not self.graph.is_out_channel_pruning_fn(item.dep.handler):
-                continue
-            if isinstance(node.module, tp.ops._OutputOp) or not node.outputs:
-                return True
-        return False
-
-    def units_of_channels(self, group) -> tuple[list[int], str | None]:
-        """The unit (0, 1, ...) of each of the root's channels, or a reason the group cannot be pruned.
-
-        A unit is one channel, except where a grouped convolution or a GroupNorm splits the channels
-        into G blocks: then channel j of every block is one unit, so each block keeps the same
-        channels and the pruned layer keeps its G groups. Root channels that reach the same channel
-        of some layer (a concatenation of a tensor with a depthwise conv of itself) are one unit too.
-        """
-        size = len(group.items[0].idxs)
-        parent = list(range(size))
-
-        def find(r: int) -> int:
-            while parent[r] != r:
-                parent[r] = parent[parent[r]]
-                r = parent[r]
-            return r
-
-        # Torch-Pruning keeps one item per layer even when a layer is reached twice (GhostNet concatenates
-        # x with a depthwise conv of x), so an edge's two ends may carry different root channels for the
-        # same channel: they are one unit. Merging root channels is always safe (a coarser unit).
-        by_node = {item.dep.target: item for item in group.items}
-        for item in group.items:
-            source = by_node.get(item.dep.source)
-            if source is not None and list(source.idxs) == list(item.idxs):
-                for a, b in zip(source.root_idxs, item.root_idxs):
-                    parent[find(a)] = find(b)
-        reached: dict[tuple, int] = {}  # a layer's channel reached from two root channels makes them one unit
-        for item in group.items:
-            module = item.dep.target.module
-            side = self.channel_side(module, item)
-            for idx, root_idx in zip(item.idxs, item.root_idxs):
-                parent[find(root_idx)] = find(reached.setdefault((id(module), side, idx), root_idx))
-            blocks, channels = _channel_blocks(module, item, self.graph)
-            if blocks <= 1:
-                continue
-            if channels % blocks:
-                return [], f"{self.names.get(module)!r} has {channels} channels in {blocks} groups"
-            width = channels // blocks
-            together: dict[int, list[int]] = {}
-            for idx, root_idx in zip(item.idxs, item.root_idxs):
-                together.setdefault(idx % width, []).append(root_idx)
-            if any(len(members) != blocks for members in together.values()):
-                return [], f"only part of the groups of {self.names.get(module)!r} is coupled to these channels"
-            for first, *rest in together.values():
-                for other in rest:
-                    parent[find(other)] = find(first)
-        roots = [find(r) for r in range(size)]
-        numbering = {root: k for k, root in enumerate(dict.fromkeys(roots))}
-        return [numbering[root] for root in roots], None
-
-    def channel_side(self, module, item) -> str:
-        """'in' or 'out': which of the layer's channels `item` removes (one space for norms, depthwise convs)."""
-        if isinstance(module, _CONVS) and not _is_depthwise(module) or isinstance(module, nn.Linear):
-            pruner = self.graph.get_pruner_of_module(module)
-            return "in" if item.dep.handler == getattr(pruner, "prune_in_channels", None) else "out"
-        return "out"
-
-    def slices(self, group, start: int, unit_of: list[int]):
-        """Return ([(tensor name, dim, idxs, units, is_buffer)], [ChannelNorm], reason it cannot be masked or None).
-
-        `unit_of[r]` is the unit of root channel r; units are numbered from `start`.
-        """
-        found, norms = [], []
-        for item in group.items:
-            module = item.dep.target.module
-            if isinstance(module, tp.ops._SliceOp) and not _is_identity_slice(module):
-                return [], [], (f"a channel slice x[{module.start}:{module.end}] whose bounds are fixed in the "
-                                "model's code, so the pruned model would slice the wrong channels")
-            if isinstance(module, tp.ops._ElementWiseOp) and "stack" in str(getattr(module, "_grad_fn", "")).lower():
-                return [], [], "a torch.stack of channel tensors, which Torch-Pruning takes for an elementwise op"
-            if isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp)):
-                return [], [], ("a channel split (torch.split, chunk) whose sizes the model's code computed before "
-                                "pruning, so the pruned model would split at the wrong channels")
-            if isinstance(module, CHANNEL_NORMS):
-                name = self.names.get(module)
-                dim = channel_dim(module, self.norm_inputs[module]) if module in self.norm_inputs else None
-                if dim is None:
-                    return [], [], f"normalization {name!r} ({type(module).__name__}) does not normalize over channels"
-                units = [start + unit_of[r] for r in item.root_idxs]
-                index = torch.full((_norm_channels(module),), -1, dtype=torch.long)
-                index[torch.tensor(item.idxs)] = torch.tensor(units)
-                norms.append((name, dim, index))
-                for tensor_name, _ in module.named_parameters(recurse=False):
-                    found.append((f"{name}.{tensor_name}", 0, item.idxs, units, False))
-                continue
-            if isinstance(module, nn.Parameter):  # a per-channel scale outside any layer (ConvNeXt's layer scale)
-                node = self.graph.module2node.get(module)
-                param_name = self.graph._param_to_name.get(module)
-                if node is None or param_name not in self.tensors or getattr(node, "pruning_dim", None) != 0:
-                    return [], [], f"it touches a bare nn.Parameter {param_name!r} not indexed by channel first"
-                found.append((param_name, 0, item.idxs, [start + unit_of[r] for r in item.root_idxs], False))
-                continue
-            if not isinstance(module, nn.Module) or not _has_own_tensors(module):
-                continue  # parameter-free ops: activations, pooling, add, cat, reshape
-            name = self.names.get(module)
-            units = [start + unit_of[r] for r in item.root_idxs]
-            pruner = self.graph.get_pruner_of_module(module)
-            is_out = item.dep.handler != getattr(pruner, "prune_in_channels", None) or isinstance(module, _NORMS)
-            if isinstance(module, _CONVS):
-                if is_out or _is_depthwise(module):  # a depthwise conv's input channel is its output channel
-                    found.append((f"{name}.weight", 0, item.idxs, units, False))
-                    if module.bias is not None:
-                        found.append((f"{name}.bias", 0, item.idxs, units, False))
-                else:  # a grouped conv's weight holds one block of inputs: position j stands for j of every block
-                    width = module.in_channels // module.groups
-                    found.append((f"{name}.weight", 1, [i % width for i in item.idxs], units, False))
-            elif isinstance(module, nn.Linear):
-                if is_out:
-                    found.append((f"{name}.weight", 0, item.idxs, units, False))
-                    if module.bias is not None:
-                        found.append((f"{name}.bias", 0, item.idxs, units, False))
-                else:
-                    found.append((f"{name}.weight", 1, item.idxs, units, False))
-            elif isinstance(module, _NORMS):
-                for tensor_name, _ in module.named_parameters(recurse=False):
-                    found.append((f"{name}.{tensor_name}", 0, item.idxs, units, False))
-                for tensor_name in ("running_mean", "running_var"):
-                    if getattr(module, tensor_name, None) is not None:
-                        found.append((f"{name}.{tensor_name}", 0, item.idxs, units, True))
-            else:
-                return [], [], f"layer {name!r} of type {type(module).__name__}"
-        for tensor_name, dim, idxs, _, _ in found:
-            if idxs and max(idxs) >= self.tensors[tensor_name].shape[dim]:
-                return [], [], (f"Torch-Pruning maps channels of {tensor_name!r} out of its range (a channel split "
-                                "or concatenation it does not follow)")
-        for name, _, index in norms:
-            if idxs_missing := int((index < 0).sum()):
-                return [], [], f"{idxs_missing} channels of {name!r} belong to no unit of the group"
-        return found, [ChannelNorm(name, dim, index) for name, dim, index in norms], None
-
-
-def _channel_blocks(module, item, graph) -> tuple[int, int]:
-    """(G, channels) where `module` splits the channels of `item` into G groups that must stay equal."""
-    if isinstance(module, _CONVS) and module.groups > 1 and not _is_depthwise(module):
-        pruner = graph.get_pruner_of_module(module)
-        is_in = item.dep.handler == getattr(pruner, "prune_in_channels", None)
-        return module.groups, module.in_channels if is_in else module.out_channels
-    if isinstance(module, nn.GroupNorm):
-        return module.num_groups, module.num_channels
-    return 1, 0
-
-
-def _norm_channels(module: nn.Module) -> int:
-    return module.num_channels if isinstance(module, nn.GroupNorm) else module.normalized_shape[0]
-
-
-def _is_identity_slice(op) -> bool:
-    """A slice that keeps every channel (dim 1 or the last) stays right after pruning; others have stale bounds."""
-    sizes = op.grad_fn._saved_self_sym_sizes
-    dim = op.dim % len(sizes)
-    if dim not in (1, len(sizes) - 1):
-        return True
-    return op.start in (0, None) and op.step in (1, None) and (op.end is None or op.end >= sizes[dim])
-
-
-def _has_own_tensors(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters(recurse=False)) or any(
-        b is not None for _, b in module.named_buffers(recurse=False))
-
-
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module):
     was_training = model.training
@@ -264,7 +79,7 @@ def scoring_mode(model: nn.Module):
     Normalization layers keep the model's mode (batch statistics while training, running
     statistics in eval), so an energy sees the network as the learner's step will.
     """
-    changed_norms = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats and m.training]
+    changed_norms = [m for m in model.modules() if isinstance(m, NORMS) and m.track_running_stats and m.training]
     changed_dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
     for m in changed_norms:
         m.track_running_stats = False
@@ -313,15 +128,15 @@ class PruningSpace:
                 for hook in hooks:
                     hook.remove()
         with _eval_mode(self.model):
-            reader = _GroupReader(self.model, graph, norm_inputs)
+            reader = GroupReader(self.model, graph, norm_inputs)
             self._read_groups(reader, graph)
 
-    def _read_groups(self, reader: _GroupReader, graph) -> None:
+    def _read_groups(self, reader: GroupReader, graph) -> None:
         collected: dict[tuple[str, int], torch.Tensor] = {}
         buffers: set[str] = set()
         depth = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
         found_groups = [(reader.names[g.items[0].dep.target.module], g)
-                        for g in graph.get_all_groups(root_module_types=(_CONVS + (nn.Linear,)))]
+                        for g in graph.get_all_groups(root_module_types=(CONVS + (nn.Linear,)))]
         found_groups.sort(key=lambda pair: depth[pair[0]])  # units in the order of the model's layers
         start = 0
         for root, group in found_groups:
@@ -397,7 +212,7 @@ class PruningSpace:
             if entry.in_index is not None:
                 layer = entry.name.rsplit(".", 1)[0]
                 groups = getattr(modules[layer], "groups", 1)  # a grouped conv's weight holds one block of inputs
-                found[layer] = entry.in_index.repeat(groups if isinstance(modules[layer], _CONVS) else 1)
+                found[layer] = entry.in_index.repeat(groups if isinstance(modules[layer], CONVS) else 1)
         return found
 
     def producer_indices(self) -> dict[str, torch.Tensor]:
