@@ -6,6 +6,7 @@ would): a shard's process, the learner's process, or the driver's (then `--resum
 prints whether the run completed and whether its final mask equals the fault-free run's.
 
     .venv/bin/python benchmarks/faults.py [--config jobs/demo.yaml] [--epochs 30] [--checkpoint-every 10]
+                                          [--faults shard,learner,driver]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAULTS = ("none", "shard killed", "learner killed", "driver killed, resumed")
+FAULTS = {"none": "none", "shard": "shard killed", "learner": "learner killed", "driver": "driver killed, resumed"}
 
 
 def descendants(pid: int) -> list[int]:
@@ -61,8 +62,7 @@ def kill(pids) -> int:
 
 
 # what the driver logs when it deals with each fault: evidence that the fault hit a running run
-EVIDENCE = {"shard killed": "starting a replacement", "learner killed": "replaying",
-            "driver killed, resumed": None}
+EVIDENCE = {"shard": "starting a replacement", "learner": "replaying"}
 
 
 def one_run(fault: str, args, folder: Path) -> tuple[bool, bool, float]:
@@ -81,9 +81,9 @@ def one_run(fault: str, args, folder: Path) -> tuple[bool, bool, float]:
         while not (output / "checkpoint.pt").exists() and driver.poll() is None:
             time.sleep(0.2)
         below = descendants(driver.pid)
-        if fault == "shard killed":
+        if fault == "shard":
             dealt = kill([p for p in below if "ray::ShardWorker" in command_line(p)][:1]) == 1
-        elif fault == "learner killed":
+        elif fault == "learner":
             dealt = kill([p for p in below if "ray::LearnerWorker" in command_line(p)]) == 1
         else:
             dealt = kill([driver.pid]) == 1 and driver.wait() != 0
@@ -93,7 +93,7 @@ def one_run(fault: str, args, folder: Path) -> tuple[bool, bool, float]:
                                       text=True)
     _, stderr = driver.communicate()
     if driver.returncode != 0:
-        print(f"[{fault}] exit code {driver.returncode}: {stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        print(f"[{FAULTS[fault]}] exit code {driver.returncode}: {stderr.strip().splitlines()[-1:]}", file=sys.stderr)
     if EVIDENCE.get(fault):
         dealt = dealt and EVIDENCE[fault] in stderr
     return driver.returncode == 0, dealt, time.perf_counter() - started
@@ -104,10 +104,16 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="jobs/demo.yaml")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--checkpoint-every", type=int, default=10)
+    parser.add_argument("--faults", default="shard,learner,driver",
+                        help="comma-separated among shard, learner, driver (the fault-free run always runs)")
     args = parser.parse_args(argv)
+    chosen = ["none", *(f.strip() for f in args.faults.split(",") if f.strip())]
+    unknown = [f for f in chosen if f not in FAULTS]
+    if unknown:
+        parser.error(f"unknown faults {unknown}; choose among shard, learner, driver")
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as root:
-        for index, fault in enumerate(FAULTS):
+        for index, fault in enumerate(chosen):
             folder = Path(root) / str(index)
             folder.mkdir()
             completed, dealt, seconds = one_run(fault, args, folder)
@@ -115,11 +121,11 @@ def main(argv=None) -> None:
             reference = mask if fault == "none" else reference
             same = completed and reference is not None and np.array_equal(mask, reference)
             rows.append((fault, dealt, completed, same, seconds))
-            print(f"done: {fault}", file=sys.stderr, flush=True)
+            print(f"done: {FAULTS[fault]}", file=sys.stderr, flush=True)
     print(f"\n{'fault':<24} {'dealt mid-run':>14} {'completed':>10} {'final mask = fault-free':>24} {'seconds':>8}")
     for fault, dealt, completed, same, seconds in rows:
         dealt_text = "-" if fault == "none" else "yes" if dealt else "NO"
-        print(f"{fault:<24} {dealt_text:>14} {'yes' if completed else 'NO':>10} "
+        print(f"{FAULTS[fault]:<24} {dealt_text:>14} {'yes' if completed else 'NO':>10} "
               f"{'yes' if same else 'NO':>24} {seconds:>8.1f}")
 
 

@@ -196,8 +196,9 @@ class RemoteLearner:
             raise cause  # a bug in a step, not a lost actor
         self.liveness.check_cluster("the learner")  # the whole cluster gone: say so, not "the learner"
         if not self.recoverable:
-            raise ActorLostError(f"lost the learner actor ({type(cause).__name__}), which is restarted only from a "
-                                 "checkpoint: set checkpoint_every (and learner_restarts > 0) to survive this") from None
+            message = (f"lost the learner actor ({type(cause).__name__}), which is restarted only from a checkpoint: "
+                       "set checkpoint_every (and learner_restarts > 0) to survive this")
+            raise ActorLostError(message) from None
         self.recoveries += 1
         steps = sum(1 for entry in self.log if entry[0] == "step")
         log.warning("the learner actor was lost (%s); restarting it from the latest checkpoint and replaying %d "
