@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
-from .common import DataSplits, Options, assemble, corrupt, require
+from .common import ArrayImages, DataSplits, Options, assemble, corrupt, require
 from .transforms import small_image_transforms
 
 # name -> (folder, train files, test files, label key, classes)
@@ -18,20 +16,6 @@ CIFAR = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
 }
-
-
-class ArrayImages(Dataset):
-    """uint8 [N, H, W, 3] arrays served as PIL images, so they share the file-based transforms."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[i]), int(self.labels[i])
 
 
 def read_cifar(paths: Sequence[Path], label_key: str) -> ArrayImages:

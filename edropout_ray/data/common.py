@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 DATASETS: tuple[str, ...] = (
@@ -145,3 +146,18 @@ def assemble(pool: Dataset, test: Dataset, train_tf, eval_tf, num_classes: int, 
         in_channels=opts.channels,
         image_size=opts.size,
     )
+
+
+class ArrayImages(Dataset):
+    """uint8 arrays, [N, H, W] gray or [N, H, W, 3] RGB, served as PIL images, so data read into
+    memory (CIFAR's pickles, idx files) shares the transforms of image files."""
+
+    def __init__(self, images, labels):
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.images[i]), int(self.labels[i])

@@ -14,10 +14,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 
-from .common import DataSplits, Options, assemble, corrupt, not_found
+from .common import ArrayImages, DataSplits, Options, assemble, corrupt, not_found
 from .transforms import small_image_transforms
 
 FILES = {
@@ -28,20 +26,6 @@ FOLDERS = {"fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}  # torchvision's
 _PACKAGES = {"fashion_mnist": "Debian/Ubuntu: `apt-get install dataset-fashion-mnist`, then "
                               "data_dir: /usr/share/datasets/fashion-mnist"}
 NUM_CLASSES = 10
-
-
-class IdxImages(Dataset):
-    """uint8 [N, H, W] images served as gray PIL images, as torchvision's MNIST classes serve them."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        return Image.fromarray(self.images[i]), int(self.labels[i])
 
 
 def find_files(name: str, root: Path) -> dict[str, Path]:
@@ -93,14 +77,14 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims)
 
 
-def _read_split(images_path: Path, labels_path: Path) -> IdxImages:
+def _read_split(images_path: Path, labels_path: Path) -> ArrayImages:
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if len(images) != len(labels):
         raise corrupt(labels_path, f"{len(labels)} labels for {len(images)} images in {images_path.name}")
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
         raise corrupt(labels_path, f"label {int(labels.max())}, expected 0..{NUM_CLASSES - 1}")
-    return IdxImages(images, labels.astype(np.int64))
+    return ArrayImages(images, labels.astype(np.int64))
 
 
 def load_mnist_like(name: str, root: Path, opts: Options) -> DataSplits:
