@@ -52,7 +52,7 @@ class DistributedEngine(EDropoutEngine):
         self.step_count += 1
         record = self._record(epoch, state, accepted, loss=math.nan, accuracy=math.nan)
         self._pending = (future, record)  # loss and accuracy are filled in when the step finishes
-        self._check_convergence(epoch)
+        self._check_convergence(epoch, record.diversity)
         return record
 
     def _collect_pending(self) -> None:

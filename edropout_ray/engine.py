@@ -94,7 +94,7 @@ class EDropoutEngine:
         result = self.learner.step(state, x, y)
         self.step_count += 1
         record = self._record(epoch, state, accepted, result.loss, result.accuracy)
-        self._check_convergence(epoch)
+        self._check_convergence(epoch, record.diversity)
         return record
 
     def _record(self, epoch: int, state: torch.Tensor, accepted: int, loss: float, accuracy: float) -> StepRecord:
@@ -105,10 +105,10 @@ class EDropoutEngine:
                           accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen,
                           diversity=diversity(self.population.states))
 
-    def _check_convergence(self, epoch: int) -> None:
-        """Early state convergence: from epoch `converge_after` on (config.converge_epoch), freeze the best state once the
-        population agrees (diversity at most `converge_diversity`) or the best state has stayed the
-        same for `converge_patience` steps. Both look at states, not at the best energy, which a
+    def _check_convergence(self, epoch: int, spread: float) -> None:
+        """Early state convergence: from epoch `converge_after` on, freeze the best state once the
+        population agrees (`spread`, its diversity, at most `converge_diversity`) or the best state
+        has stayed the same for `converge_patience` steps. Both look at states, not at the best energy, which a
         stalled selection also keeps unchanged. With parents scored on the children's batch
         ('paired', 'rescore') a state that stays best is one no child beat on fresh batches; under
         the reference's stale energies a stall still looks like convergence."""
@@ -120,7 +120,6 @@ class EDropoutEngine:
         self.previous_best = best.clone()
         if epoch < self.config.converge_epoch:
             return
-        spread = diversity(self.population.states)
         if spread <= self.config.converge_diversity:
             self.freeze_reason = f"the population agrees (diversity {spread:.3f} <= {self.config.converge_diversity})"
         elif self.best_unchanged >= self.config.converge_patience:
