@@ -87,8 +87,8 @@ def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Te
 
 
 def _phase_epochs(steps: int, per_epoch: int) -> tuple[int, int]:
-    """(epochs, steps per epoch) for a budget of `steps`: whole epochs where it allows, else shorter
-    ones, so that phases of a fraction of an epoch still get validated and early-stopped."""
+    """(epochs, steps per epoch): `steps` split into as few equal epochs as fit in loader epochs of
+    `per_epoch` steps, so a phase of any length is validated (and early-stopped) per epoch."""
     epochs = max(1, math.ceil(steps / per_epoch))
     return epochs, max(1, steps // epochs)
 
