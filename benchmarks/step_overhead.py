@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--model", default="resnet18", help="torchvision model name")
     parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--selection", default=Config().selection, choices=("paired", "rescore", "reference"),
+                        help="what engine.step scores: 'paired' 2S states on half the batch, 'reference' S on all of it")
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     return parser.parse_args(argv)
@@ -63,7 +65,8 @@ def setup(args):
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device())
     y = torch.randint(0, args.num_classes, (args.batch,), device=device())
     space = PruningSpace(model, x, scoring="loop")
-    config = Config(model=args.model, population_size=args.population, optimizer="sgd", lr=0.01)
+    config = Config(model=args.model, population_size=args.population, optimizer="sgd", lr=0.01,
+                    selection=args.selection)
     return model, x, y, space, config
 
 
