@@ -98,7 +98,7 @@ def command_line(pid: int) -> str:
 
 
 SWEEP = """
-base: {epochs: 5, max_steps_per_epoch: 3, batch_size: 64, seed: 3}
+base: {epochs: 40, max_steps_per_epoch: 3, batch_size: 64, seed: 3}  # long enough that the kill lands mid-run
 search:
   population_size: {grid: [4, 4]}
 max_failures: 2
@@ -116,7 +116,7 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_its_twin(tmp_pa
                                env=private_ray_env)
     deadline, killed = time.monotonic() + 600, None
     while killed is None and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
         if len(list((output / "tune").glob("*/checkpoint_000000"))) < 2:
             continue  # both trials have a checkpoint: the killed one continues from its own
         trials = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
