@@ -22,7 +22,7 @@ _CHOICES = {
     "optimizer": ("adadelta", "sgd", "adam"),
     "selection": ("paired", "rescore", "reference"),
     "lr_schedule": ("cosine", "step"),
-    "scoring": ("auto", "loop", "vmap"),
+    "scoring": ("auto", "loop", "vmap", "at_size"),
     "device": ("auto", "cpu", "cuda"),
 }
 
@@ -70,6 +70,8 @@ class Config:
     seed: int = 0
     dense_baseline: bool = False
     scoring: str = "auto"
+    train_at_size: bool = True  # the learner trains the state's network at its own size where the model allows
+    channel_multiple: int = 8  # every state keeps a multiple of this many units per layer (1: any count)
     device: str = "auto"
     num_workers: int = 0
     # pruning method: EDropout, or a baseline pruned to `prune_target` (fraction of units kept) or to
@@ -94,6 +96,9 @@ class Config:
     checkpoint_every: int = 0
     # files of the pruned model: pt2 (torch.export), onnx (checked by ONNX Runtime)
     export_formats: list[str] = dataclasses.field(default_factory=lambda: ["pt2"])
+    # the report's latency of the exported model against the dense one, per batch size ([] = not timed)
+    latency_batches: list[int] = dataclasses.field(default_factory=lambda: [1, 128])
+    latency_repeats: int = 10
     # faults on Ray: restarts of a lost learner actor (replayed from the latest checkpoint), and how
     # long the run waits for a silent cluster or a restarting actor before it stops
     learner_restarts: int = 3
@@ -163,6 +168,10 @@ class Config:
                  f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         need(bool(self.export_formats) and set(self.export_formats) <= set(EXPORT_FORMATS),
              f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}")
+        need(self.channel_multiple >= 1, f"channel_multiple must be >= 1 (1: no rounding), got {self.channel_multiple}")
+        need(all(b >= 1 for b in self.latency_batches) and self.latency_repeats >= 1,
+             f"latency_batches must be batch sizes >= 1 ([] to skip timing) and latency_repeats >= 1, got "
+             f"{self.latency_batches!r} and {self.latency_repeats!r}")
         if "onnx" in self.export_formats:
             from .onnx_export import require_onnx
             require_onnx()

@@ -13,7 +13,7 @@ import torch
 
 from .config import Config
 from .learner import Learner
-from .population import Population, diversity, reference_operator, repair_empty_groups
+from .population import Population, diversity, reference_operator, repair_empty_groups, round_kept_counts
 from .space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,6 +42,8 @@ class EDropoutEngine:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.population = Population.initial(config.population_size, space.num_units, config.p_init,
                                              space.group_sizes, self.generator)
+        self.population.states = round_kept_counts(self.population.states, space.group_sizes,
+                                                   config.channel_multiple, self.generator)
         self.learner = learner or Learner(space, config)
         self.scorer = scorer or self.local_scorer
         self.final_mask: torch.Tensor | None = None
@@ -51,6 +53,7 @@ class EDropoutEngine:
         self.step_count = 0
 
     def local_scorer(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.learner.sync()  # the learner may hold its latest weights at the state's size
         return self.space.score(states, x, y, energy=self.config.energy, kappa=self.config.kappa)
 
     @property
@@ -64,7 +67,8 @@ class EDropoutEngine:
     def propose(self) -> torch.Tensor:
         children = reference_operator(self.population.states, self.config.mutation_factor,
                                       self.config.crossover_rate, self.generator)
-        return repair_empty_groups(children, self.space.group_sizes, self.generator)
+        children = repair_empty_groups(children, self.space.group_sizes, self.generator)
+        return round_kept_counts(children, self.space.group_sizes, self.config.channel_multiple, self.generator)
 
     def evolve(self, x: torch.Tensor, y: torch.Tensor) -> int:
         """One generation on this batch; returns how many children were accepted.
@@ -77,13 +81,13 @@ class EDropoutEngine:
         children = self.propose()
         if self.config.selection == "reference":
             if not self.population.scored:
-                self.population.energies = self.scorer(self.population.states, x, y).float()
-            child_energies = self.scorer(children, x, y).float()
+                self.population.energies = self.scorer(self.population.states, x, y).float().cpu()
+            child_energies = self.scorer(children, x, y).float().cpu()
         else:
             if self.config.selection == "paired":
                 half = max(1, len(x) // 2)
                 x, y = x[:half], y[:half]
-            both = self.scorer(torch.cat([self.population.states, children]), x, y).float()
+            both = self.scorer(torch.cat([self.population.states, children]), x, y).float().cpu()  # states live on the CPU
             self.population.energies, child_energies = both.split(len(children))
         accepted = self.population.select(children, child_energies, self.config.temperature, self.generator)
         return int(accepted.sum())
@@ -152,7 +156,9 @@ class EDropoutEngine:
         self.learner.load_state_dict(state["learner"])
 
     def finish(self) -> None:
-        """Make the driver's model hold the learner's latest weights (a no-op in one process)."""
+        """Make the driver's model hold the learner's latest weights (in one process, the learner's
+        model is the driver's: only what it trained at size is written back)."""
+        self.learner.sync()
 
     def close(self) -> None:
         """Release workers (a no-op in one process)."""

@@ -1,19 +1,24 @@
 """Backprop with a state applied, leaving every pruned unit exactly as it was.
 
-Masking the forward zeroes the pruned units' gradients, but weight decay and momentum would still
-move them. So the learner snapshots the pruned entries (parameters, optimizer state, normalization
-statistics) and puts them back after the step: a unit pruned now can return later unchanged,
-the dropout that turns into pruning.
+Where the model allows it (`PruningSpace.at_size_supported`) and `train_at_size` is on, the state's
+network is trained at its own size (compact_training.py): its kept slices are gathered when the
+state changes and scattered back when the dense weights are needed, so a step costs what the state
+keeps, and pruned entries are never touched. Otherwise the forward is masked: that zeroes the pruned
+units' gradients, but weight decay and momentum would still move them, so the learner snapshots the
+pruned entries (parameters, optimizer state, normalization statistics) and puts them back after the
+step. Either way a unit pruned now can return later unchanged, the dropout that turns into pruning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .compact_training import CompactTraining
 from .config import Config
 from .errors import NonFiniteLossError
 from .space import PruningSpace
@@ -52,6 +57,8 @@ class Learner:
         self.scheduler = make_schedule(self.optimizer, config)
         self._cached_state: torch.Tensor | None = None
         self._cached_masks: dict[str, torch.Tensor] = {}
+        self.at_size = config.train_at_size and space.at_size_supported
+        self._compact: CompactTraining | None = None  # the state trained at size, while it stays the same
 
     def _pruned_masks(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
         """name -> True where the entry belongs to a pruned unit (cached: the state rarely changes)."""
@@ -63,6 +70,8 @@ class Learner:
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         self.model.train()
+        if self.at_size:
+            return self._step_at_size(state, x, y)
         pruned = self._pruned_masks(state)
         tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         # Whole-tensor copies restored with one elementwise select: boolean indexing of the pruned
@@ -87,6 +96,19 @@ class Learner:
         self._restore(tensors, pruned, saved, saved_optim)
         accuracy = (logits.detach().argmax(dim=1) == y).float().mean().item()
         return StepResult(loss=loss.item(), accuracy=accuracy)
+
+    def _step_at_size(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        if self._compact is None or not torch.equal(self._compact.state, state.to(self._compact.state.device)):
+            self.sync()
+            self._compact = CompactTraining(self.space, self.optimizer, state)
+        loss, logits = self._compact.step(x, y)
+        accuracy = (logits.argmax(dim=1) == y).float().mean().item()
+        return StepResult(loss=loss, accuracy=accuracy)
+
+    def sync(self) -> None:
+        """Bring the dense model and optimizer up to date with the state trained at size (if any)."""
+        if self._compact is not None:
+            self._compact.write_back()
 
     def _optimizer_state(self, tensors, pruned) -> dict[tuple[str, str], torch.Tensor | None]:
         """Copies of per-parameter optimizer state; None where the state does not exist yet."""
@@ -115,7 +137,11 @@ class Learner:
                 torch.where(pruned[name], old, value, out=value)
 
     def end_epoch(self) -> None:
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # at size, the compact twin of the optimizer takes the steps: the schedule's check that
+            # this one stepped first would warn wrongly
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
 
     @property
     def lr(self) -> float:
@@ -123,10 +149,12 @@ class Learner:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The model's parameters and buffers, on the CPU (what shards and checkpoints need)."""
+        self.sync()
         return {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs from the learner: weights, optimizer, schedule."""
+        self.sync()
         return {"model": self.weights(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}  # rng: dropout draws
 
@@ -136,3 +164,4 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         self._cached_state = None
+        self._compact = None  # gathered again from the loaded weights at the next step

@@ -70,7 +70,9 @@ class LearnerWorker:
         """NumPy views of the weights: Ray copies them into the object store once, without pickling
         (tensors would be pickled). Safe without a clone: the return value is stored before this
         single-threaded actor runs its next step."""
-        return {name: value.detach().cpu().numpy() for name, value in self._ready().model.state_dict().items()}
+        learner = self._ready()
+        learner.sync()
+        return {name: value.detach().cpu().numpy() for name, value in learner.model.state_dict().items()}
 
     def state_dict(self) -> dict:
         return self._ready().state_dict()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +54,3 @@ class OnnxRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         feed = {self.input_name: x.detach().cpu().numpy().astype(np.float32)}
         return torch.from_numpy(self.session.run(None, feed)[0])
-
-
-def latency_ms(forward, x: torch.Tensor, repeats: int = 5) -> float:
-    """Median wall time of one forward of the batch `x`, after one warm-up call."""
-    forward(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        forward(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)

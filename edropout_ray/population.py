@@ -87,6 +87,31 @@ def repair_empty_groups(states: torch.Tensor, group_sizes: list[int], generator:
     return states
 
 
+def round_kept_counts(states: torch.Tensor, group_sizes: list[int], multiple: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """Keep a multiple of `multiple` units in every group larger than it (the nearest one, at least
+    `multiple`), turning random units on or off. Kernels run pruned layers faster at such channel
+    counts, on GPUs above all (tensor cores work in blocks of 8 or 16 channels)."""
+    if multiple <= 1:
+        return states
+    states = states.clone()
+    start = 0
+    for size in group_sizes:
+        if size > multiple:
+            block = states[:, start:start + size]
+            kept = block.sum(dim=1, keepdim=True)
+            target = (torch.div(kept + multiple // 2, multiple, rounding_mode="floor") * multiple).clamp(multiple, size)
+            keys = torch.rand(block.shape, generator=generator)
+            # rank the units that may flip (off ones to add, on ones to drop) in a random order
+            add_rank = torch.where(block, math.inf, keys).argsort(dim=1).argsort(dim=1)
+            drop_rank = torch.where(block, keys, math.inf).argsort(dim=1).argsort(dim=1)
+            block |= add_rank < (target - kept).clamp(min=0)
+            block &= ~(drop_rank < (kept - target).clamp(min=0))
+            states[:, start:start + size] = block
+        start += size
+    return states
+
+
 @dataclass
 class Population:
     """States [S, U] with the energy each was last scored with (inf = never scored)."""

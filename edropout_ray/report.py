@@ -10,7 +10,8 @@ import torch
 
 from .evaluation import evaluate, random_state
 from .export import EXPORT_FILE, count_macs, count_parameters, load_exported, save_exported
-from .onnx_export import ONNX_FILE, OnnxRunner, latency_ms, save_onnx
+from .latency import compare_latency, latency_ms
+from .onnx_export import ONNX_FILE, OnnxRunner, save_onnx
 from .space import PruningSpace
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
         "edropout_seconds": edropout_seconds,
         "model": setup.config.model, "dataset": setup.config.dataset, "method": setup.config.method,
     } | exports
+    if setup.config.latency_batches:  # measured, not assumed: fewer MACs need not mean less time
+        report["latency"] = compare_latency(space.model, pruned_model, example, setup.config.latency_batches,
+                                            setup.config.latency_repeats) | {"macs_reduction": macs_total / macs_kept}
     if dense is not None:
         report |= {"dense_top1": dense["test"]["top1"], "dense_top3": dense["test"]["top3"],
                    "dense_top5": dense["test"]["top5"], "dense_test_loss": dense["test"]["loss"],
@@ -107,6 +111,11 @@ def format_table(report: dict) -> str:
     if "top1_drop" in report:
         lines.append(f"top-1 drop against the dense baseline: {report['top1_drop']:+.2f} points "
                      f"(top-5: {report['top5_drop']:+.2f})")
+    for key, timing in sorted(report.get("latency", {}).items()):
+        if key.startswith("batch_"):
+            lines.append(f"latency at batch {key[6:]} on {report['latency']['device']}: dense {timing['dense_ms']:.2f} ms, "
+                         f"pruned {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x faster; MACs "
+                         f"{report['latency']['macs_reduction']:.2f}x fewer)")
     latency = report.get("export_latency_ms", {})
     for file_key, diff_key, kind in (("exported_model", "export_max_abs_diff", "pt2"),
                                      ("exported_onnx", "onnx_max_abs_diff", "onnx")):

@@ -13,7 +13,6 @@ does, whatever activation sits in between.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -22,10 +21,13 @@ import torch_pruning as tp
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .at_size import CompactLayout, depthwise_convs, preferred_layout, probe_state, run_at_size
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from .energies import Energy, resolve_energy
 from .errors import NothingToPruneError, UnsupportedModelError
-from .groups import CONVS, NORMS, GroupReader
+from .groups import CONVS, GroupReader
+from .latency import latency_ms
+from .modes import eval_mode, scoring_mode
 from .removal import prune_physically
 
 log = logging.getLogger(__name__)
@@ -62,36 +64,7 @@ class _SliceIndex:
     is_buffer: bool
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
-def scoring_mode(model: nn.Module):
-    """Score without side effects: batch statistics are used but never stored, dropout is off.
-
-    Normalization layers keep the model's mode (batch statistics while training, running
-    statistics in eval), so an energy sees the network as the learner's step will.
-    """
-    changed_norms = [m for m in model.modules() if isinstance(m, NORMS) and m.track_running_stats and m.training]
-    changed_dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
-    for m in changed_norms:
-        m.track_running_stats = False
-    for m in changed_dropouts:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m in changed_norms:
-            m.track_running_stats = True
-        for m in changed_dropouts:
-            m.train()
+SCORING_MODES = ("auto", "loop", "vmap", "at_size")
 
 
 class PruningSpace:
@@ -101,8 +74,8 @@ class PruningSpace:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, scoring: str = "auto"):
-        if scoring not in ("auto", "loop", "vmap"):
-            raise ValueError(f"scoring must be 'auto', 'loop' or 'vmap', got {scoring!r}")
+        if scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
         self.model = model
         self.example_inputs = example_inputs[:2].detach().clone()
         self.scoring = scoring
@@ -111,11 +84,15 @@ class PruningSpace:
         self._slices: list[_SliceIndex] = []
         self._norms: dict | list[ChannelNorm] = {}  # name -> ChannelNorm while building, then a list
         self._build()
+        self.layout = CompactLayout(((e.name, e.out_index, e.in_index) for e in self._slices), self.num_units)
+        self.depthwise = depthwise_convs(self.model, self.layout)
+        self._at_size_problem: str | None | bool = False  # False: not checked yet
+        self._gpu_choice: str | None = None  # what 'auto' scoring measured fastest on a GPU
 
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
         norm_inputs, hooks = record_inputs(self.model)
-        with _eval_mode(self.model), torch.enable_grad():
+        with eval_mode(self.model), torch.enable_grad():
             try:
                 graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs,
                                                               verbose=False)
@@ -127,7 +104,7 @@ class PruningSpace:
             finally:
                 for hook in hooks:
                     hook.remove()
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             reader = GroupReader(self.model, graph, norm_inputs)
             self._read_groups(reader, graph)
 
@@ -286,22 +263,84 @@ class PruningSpace:
         with kept_channel_statistics(self.model, self._norms, state):
             return functional_call(self.model, params, (x,))
 
-    def _use_vmap(self, x: torch.Tensor) -> bool:
-        if self.scoring == "auto":
-            # Measured on a 2-core CPU: a loop of masked forwards beats vmap (DESIGN.md); on GPUs
-            # one batched call fills the device better.
-            return x.device.type == "cuda"
-        return self.scoring == "vmap"
+    # ---- at the state's size ---------------------------------------------------------------
+    @property
+    def at_size_supported(self) -> bool:
+        """Whether states can run at their own size (at_size.py); checked once, on a half-pruned state."""
+        if self._at_size_problem is False:
+            self._at_size_problem = self._check_at_size()
+            if self._at_size_problem is not None:
+                log.warning("%s runs pruned states masked, at the dense cost: %s", type(self.model).__name__,
+                            self._at_size_problem)
+        return self._at_size_problem is None
+
+    def _check_at_size(self) -> str | None:
+        if self._norms:
+            return "its LayerNorm/GroupNorm over channels keep their own channel count"
+        state = probe_state(self.group_sizes)
+        x = self.example_inputs.to(next(self.model.parameters()).device)
+        try:
+            with eval_mode(self.model), torch.no_grad():
+                masked, compact = self.masked_forward(state, x), self.at_size_forward(state, x)
+        except Exception as error:  # a layer that keeps a size of its own (a depthwise conv's groups, ...)
+            return f"{type(error).__name__}: {error}".splitlines()[0]
+        if compact.shape != masked.shape or not torch.allclose(compact, masked, rtol=1e-3, atol=1e-4):
+            return "its outputs at size differ from the masked network's (a layer keeps a size of its own)"
+        return None
+
+    def compact_tensors(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cut parameters and buffers at `state`'s size (differentiable in the parameters)."""
+        tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
+        some = next(iter(tensors.values()))
+        return self.layout.compact_tensors(tensors, self.layout.kept(self._check_states(state).to(some.device)))
+
+    def at_size_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits of `state`'s network run at its own size: what its exported model computes."""
+        return run_at_size(self.model, self.compact_tensors(state), x, self.depthwise)
+
+    def scoring_mode_for(self, x: torch.Tensor) -> str:
+        """'auto' on a CPU: at size where the model allows it (measured faster for every model tried,
+        README Performance). On a GPU it depends on the model and batch (vmap's one batched call wins
+        on small networks, at-size on large ones): the first call times both and keeps the faster."""
+        mode = self.scoring
+        if mode == "auto":
+            mode = self._gpu_choice if x.device.type == "cuda" else "at_size"
+        if mode == "at_size" and not self.at_size_supported:
+            mode = "loop"
+        return mode or "measure"
 
     @torch.no_grad()
     def logits(self, states: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of every state on the batch: [S, B, K], without touching weights or statistics."""
         states = self._check_states(states)
+        mode = self.scoring_mode_for(x)
+        if mode == "measure":
+            mode = self._gpu_choice = self._faster_mode(states, x)
         with scoring_mode(self.model):
-            if self._use_vmap(x):
+            if mode == "vmap":
                 stacked = self.masked_parameters(states)
                 return vmap(lambda params, state: self._call(params, state, x))(stacked, states.to(x.device))
+            if mode == "at_size":
+                x = preferred_layout(x)  # once for every state
+                return torch.stack([self.at_size_forward(state, x) for state in states])
             return torch.stack([self.masked_forward(state, x) for state in states])
+
+    def _faster_mode(self, states: torch.Tensor, x: torch.Tensor) -> str:
+        """Time vmap and at-size scoring of `states` on `x` (after a warm-up call each); say which won."""
+        candidates = ["vmap"] + (["at_size"] if self.at_size_supported else [])
+        times = {}
+        for mode in candidates:
+            self.scoring = mode
+            try:
+                times[mode] = latency_ms(lambda batch: self.logits(states, batch), x, repeats=3, warmup=1)
+            except RuntimeError as error:  # vmap out of memory, or an op it cannot batch
+                log.warning("scoring by %s failed while choosing a scoring mode: %s", mode, error)
+            finally:
+                self.scoring = "auto"
+        choice = min(times, key=times.get) if times else "loop"
+        log.info("scoring 'auto' on %s: %s (%s)", x.device, choice,
+                 ", ".join(f"{mode} {ms:.1f} ms" for mode, ms in times.items()))
+        return choice
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
               energy: str | Energy = "margin", kappa: float = 10.0) -> torch.Tensor:

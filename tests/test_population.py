@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edropout_ray.population import (Population, accept_children, distinct_donors, reference_operator,
-                                     repair_empty_groups)
+                                     repair_empty_groups, round_kept_counts)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -102,3 +102,18 @@ def test_repair_keeps_one_unit_per_group():
     states = torch.zeros(6, 10, dtype=torch.bool)
     repaired = repair_empty_groups(states, [3, 7], gen())
     assert (repaired[:, :3].sum(dim=1) == 1).all() and (repaired[:, 3:].sum(dim=1) == 1).all()
+
+
+def test_rounding_keeps_a_multiple_of_the_block_in_every_larger_group():
+    generator = torch.Generator().manual_seed(0)
+    sizes = [64, 20, 5]  # the 5-unit group is smaller than the block: left as it is
+    states = repair_empty_groups(torch.rand(32, sum(sizes), generator=generator) < 0.5, sizes, generator)
+    rounded = round_kept_counts(states, sizes, 8, generator)
+    for start, size in ((0, 64), (64, 20)):
+        kept, before = rounded[:, start:start + size].sum(dim=1), states[:, start:start + size].sum(dim=1)
+        assert ((kept % 8 == 0) | (kept == size)).all() and (kept >= 8).all()
+        assert ((kept - before).abs() <= 4).all(), "the nearest multiple"
+        changed = rounded[:, start:start + size] != states[:, start:start + size]
+        assert (changed.sum(dim=1) == (kept - before).abs()).all(), "only as many units flip as needed"
+    assert torch.equal(rounded[:, 84:], states[:, 84:])
+    assert torch.equal(round_kept_counts(states, sizes, 1, generator), states)

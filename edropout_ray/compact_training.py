@@ -1,0 +1,122 @@
+"""Training one state's network at its own size, with the dense model's weights and optimizer state.
+
+The learner trains the state it is given; a masked step pays for the dense network. Here the
+state's kept slices of every parameter, normalization statistic and per-entry optimizer state
+(momentum, Adam's moments, ...) are gathered once into compact tensors, which the model's own
+modules then train (`functional_call`), at the cost of the network the state describes.
+`write_back` scatters them into the dense tensors. Pruned entries are never gathered, so they stay
+exactly as they were: the learner's invariant holds by construction, not by restoring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .at_size import run_at_size
+from .errors import NonFiniteLossError
+from .space import PruningSpace
+
+
+class CompactTraining:
+    """`state`'s network at its size, trained with a twin of `optimizer` (same class and settings)."""
+
+    def __init__(self, space: PruningSpace, optimizer: torch.optim.Optimizer, state: torch.Tensor):
+        self.space, self.dense_optimizer = space, optimizer
+        self.state = state.clone()
+        model = space.model
+        device = next(model.parameters()).device
+        self.kept = space.layout.kept(state.to(device))
+        layout = space.layout
+        self.dense_params = dict(model.named_parameters())
+        self.dense_buffers = {name: b for name, b in model.named_buffers() if name in layout.indices}
+        self.uncut_buffers = {name: b for name, b in model.named_buffers() if name not in layout.indices}  # trained in place
+        with torch.no_grad():
+            self.params = {name: self._gather(name, p).clone().requires_grad_(p.requires_grad)
+                           for name, p in self.dense_params.items()}
+            self.buffers = {name: self._gather(name, b).clone() for name, b in self.dense_buffers.items()}
+        name_of = {id(p): name for name, p in self.dense_params.items()}
+        self.pairs = [(self.dense_params[name_of[id(p)]], self.params[name_of[id(p)]])
+                      for group in optimizer.param_groups for p in group["params"]]
+        self.optimizer = type(optimizer)([
+            {**{k: v for k, v in group.items() if k != "params"},
+             "params": [self.params[name_of[id(p)]] for p in group["params"]]}
+            for group in optimizer.param_groups])
+        self._gather_optimizer_state()
+        self.dirty = False  # trained since the last write_back
+
+    def _gather(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return self.space.layout.gather(tensor, self.kept[name]) if name in self.kept else tensor
+
+    @torch.no_grad()
+    def _gather_optimizer_state(self) -> None:
+        name_of = {id(p): name for name, p in self.dense_params.items()}
+        for dense, compact in self.pairs:
+            state = self.dense_optimizer.state.get(dense)
+            if not state:
+                continue
+            name = name_of[id(dense)]
+            self.optimizer.state[compact] = {
+                key: (self._gather(name, value).clone() if _per_entry(value, dense)
+                      else value.clone() if torch.is_tensor(value) else value)
+                for key, value in state.items()}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """One step on (x, y); the loss and the logits. Raises NonFiniteLossError, leaving everything as it was."""
+        for compact_group, dense_group in zip(self.optimizer.param_groups, self.dense_optimizer.param_groups):
+            compact_group["lr"] = dense_group["lr"]  # the schedule steps the dense optimizer
+        touched = self.buffers | self.uncut_buffers  # a NaN batch must not poison the statistics
+        saved = {name: b.clone() for name, b in touched.items()}
+        logits = run_at_size(self.space.model, self.params | self.buffers, x, self.space.depthwise)
+        loss = F.cross_entropy(logits, y)
+        if not math.isfinite(loss.item()):
+            with torch.no_grad():
+                for name, value in saved.items():
+                    touched[name].copy_(value)
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()}; lower lr (now {self.dense_optimizer.param_groups[0]['lr']}) "
+                "or check the input data for NaN values"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.dirty = True
+        return loss.item(), logits.detach()
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Scatter the compact weights, statistics and optimizer state into the dense ones."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        name_of = {id(p): name for name, p in self.dense_params.items()}
+        for name, dense in self.dense_params.items():
+            self._scatter(name, dense, self.params[name])
+        for name, dense in self.dense_buffers.items():
+            self._scatter(name, dense, self.buffers[name])
+        for dense, compact in self.pairs:
+            state = self.optimizer.state.get(compact)
+            if not state:
+                continue
+            name = name_of[id(dense)]
+            dense_state = self.dense_optimizer.state.setdefault(dense, {})
+            for key, value in state.items():
+                if _per_entry(value, compact):
+                    if key not in dense_state:  # created at size: pruned entries start from zero
+                        dense_state[key] = torch.zeros_like(dense)
+                    self._scatter(name, dense_state[key], value)
+                else:
+                    dense_state[key] = value.clone() if torch.is_tensor(value) else value
+
+    def _scatter(self, name: str, dense: torch.Tensor, compact: torch.Tensor) -> None:
+        if name in self.kept:
+            self.space.layout.scatter_(dense, compact, self.kept[name])
+        else:
+            dense.copy_(compact)
+
+
+def _per_entry(value, param: torch.Tensor) -> bool:
+    """Optimizer state with one entry per parameter entry (momentum, moments), not a scalar like `step`."""
+    return torch.is_tensor(value) and value.shape == param.shape and value.dim() > 0
