@@ -26,7 +26,6 @@ from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from .energies import Energy, resolve_energy
 from .errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
-from .latency import latency_ms
 from .modes import eval_mode, scoring_mode
 from .removal import prune_physically
 
@@ -87,7 +86,6 @@ class PruningSpace:
         self.layout = CompactLayout(((e.name, e.out_index, e.in_index) for e in self._slices), self.num_units)
         self.depthwise = depthwise_convs(self.model, self.layout)
         self._at_size_problem: str | None | bool = False  # False: not checked yet
-        self._gpu_choice: str | None = None  # what 'auto' scoring measured fastest on a GPU
 
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -299,23 +297,22 @@ class PruningSpace:
         return run_at_size(self.model, self.compact_tensors(state), x, self.depthwise)
 
     def scoring_mode_for(self, x: torch.Tensor) -> str:
-        """'auto' on a CPU: at size where the model allows it (measured faster for every model tried,
-        README Performance). On a GPU it depends on the model and batch (vmap's one batched call wins
-        on small networks, at-size on large ones): the first call times both and keeps the faster."""
+        """'auto': at size on a CPU where the model allows it; vmap over masked weights on a GPU.
+        Measured (README, Performance): on a CPU at size is the fastest for every model tried; on a
+        GPU every new channel count costs the convolution library a new plan, and the states of an
+        evolving population bring new ones at every step, while vmap runs one fixed shape."""
         mode = self.scoring
         if mode == "auto":
-            mode = self._gpu_choice if x.device.type == "cuda" else "at_size"
+            mode = "vmap" if x.device.type == "cuda" else "at_size"
         if mode == "at_size" and not self.at_size_supported:
             mode = "loop"
-        return mode or "measure"
+        return mode
 
     @torch.no_grad()
     def logits(self, states: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of every state on the batch: [S, B, K], without touching weights or statistics."""
         states = self._check_states(states)
         mode = self.scoring_mode_for(x)
-        if mode == "measure":
-            mode = self._gpu_choice = self._faster_mode(states, x)
         with scoring_mode(self.model):
             if mode == "vmap":
                 stacked = self.masked_parameters(states)
@@ -324,23 +321,6 @@ class PruningSpace:
                 x = preferred_layout(x)  # once for every state
                 return torch.stack([self.at_size_forward(state, x) for state in states])
             return torch.stack([self.masked_forward(state, x) for state in states])
-
-    def _faster_mode(self, states: torch.Tensor, x: torch.Tensor) -> str:
-        """Time vmap and at-size scoring of `states` on `x` (after a warm-up call each); say which won."""
-        candidates = ["vmap"] + (["at_size"] if self.at_size_supported else [])
-        times = {}
-        for mode in candidates:
-            self.scoring = mode
-            try:
-                times[mode] = latency_ms(lambda batch: self.logits(states, batch), x, repeats=3, warmup=1)
-            except RuntimeError as error:  # vmap out of memory, or an op it cannot batch
-                log.warning("scoring by %s failed while choosing a scoring mode: %s", mode, error)
-            finally:
-                self.scoring = "auto"
-        choice = min(times, key=times.get) if times else "loop"
-        log.info("scoring 'auto' on %s: %s (%s)", x.device, choice,
-                 ", ".join(f"{mode} {ms:.1f} ms" for mode, ms in times.items()))
-        return choice
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
               energy: str | Energy = "margin", kappa: float = 10.0) -> torch.Tensor:

@@ -110,18 +110,6 @@ def test_auto_scoring_runs_at_size_on_the_cpu():
     assert space_of("mobilenet_v2").at_size_supported, "depthwise convs run at size (groups set to the kept channels)"
 
 
-def test_auto_scoring_on_a_gpu_keeps_what_it_measured_faster(caplog):
-    """The GPU rule, run on the CPU: the first call times vmap and at-size scoring, keeps the faster
-    for every later call, and says so in the log."""
-    space = copy.deepcopy(space_of("small_cnn"))
-    states, x = random_states(space, 3, seed=2), inputs_of("small_cnn")
-    with caplog.at_level(logging.INFO, logger="edropout_ray.space"):
-        choice = space._faster_mode(states, x)
-    assert choice in ("vmap", "at_size")
-    assert any(f"scoring 'auto' on cpu: {choice} (vmap" in r.getMessage() for r in caplog.records)
-    assert space.scoring == "auto", "the measurement leaves the setting as it was"
-
-
 def test_latency_report_times_both_models_at_every_batch():
     from edropout_ray.latency import compare_latency
 
@@ -134,3 +122,29 @@ def test_latency_report_times_both_models_at_every_batch():
         assert row["dense_ms"] > 0 and row["pruned_ms"] > 0
         assert row["speedup"] == pytest.approx(row["dense_ms"] / row["pruned_ms"])
         assert {row["dense_layout"], row["pruned_layout"]} <= {"contiguous", "channels_last"}
+
+
+def test_after_the_freeze_the_network_trained_at_size_is_the_masked_and_the_exported_one():
+    """Across the switch to training at size: the loss on one batch is the same computed by the
+    compact network being trained, by the dense model masked with the final mask (weights written
+    back), and by the exported model."""
+    from edropout_ray.at_size import run_at_size
+    from edropout_ray.engine import EDropoutEngine
+
+    space = copy.deepcopy(space_of("resnet18", torch.float64))
+    engine = EDropoutEngine(space, Config(population_size=4, converge_after=0, converge_patience=1, lr=0.01))
+    x, y = inputs_of("resnet18", batch=8, dtype=torch.float64), torch.arange(8) % 10
+    for _ in range(6):
+        engine.step(x, y, epoch=0)
+    assert engine.frozen and engine.learner.at_size
+    compact = engine.learner._compact
+    assert torch.equal(compact.state.bool(), engine.final_mask.bool()), "the learner trains the frozen state at size"
+    space.model.eval()
+    with torch.no_grad():
+        at_size = run_at_size(space.model, compact.params | compact.buffers, x, space.depthwise)
+        engine.finish()  # writes the compact weights back into the dense model
+        masked = space.masked_forward(engine.final_mask, x)
+        exported = space.export(engine.final_mask).eval()(x)
+    loss = lambda logits: torch.nn.functional.cross_entropy(logits, y).item()
+    assert loss(at_size) == pytest.approx(loss(masked), rel=1e-9)
+    assert loss(exported) == pytest.approx(loss(masked), rel=1e-9)
