@@ -276,7 +276,8 @@ def report(args, r: dict, d: dict, memory: dict) -> None:
     spread = lambda name: (f"[{r['spread'][name][0] * 1e3:.0f}-{r['spread'][name][1] * 1e3:.0f}]"
                            if name in r["spread"] else "")
     print(f"\n{args.model}, batch {args.batch}, {args.image_size}x{args.image_size}, S = {S}, "
-          f"{r['num_units']} units, selection {args.selection}, channel multiple {args.channel_multiple}, device {device()}, {torch.get_num_threads()} "
+          f"{r['num_units']} units, selection {args.selection}, channel multiple {args.channel_multiple}, "
+          f"device {device()}, {torch.get_num_threads()} "
           f"threads, {args.repeats} rounds after {args.warmup} warm-up (median, [min-max])")
     print(f"population keeps {r['population_kept_fraction']:.0%} of the units; the frozen state "
           f"{r['converged_kept_fraction']:.0%} of the units, {r['converged_macs_fraction']:.0%} of the MACs")

@@ -32,7 +32,8 @@ class CompactTraining:
         layout = space.layout
         self.dense_params = dict(model.named_parameters())
         self.dense_buffers = {name: b for name, b in model.named_buffers() if name in layout.indices}
-        self.uncut_buffers = {name: b for name, b in model.named_buffers() if name not in layout.indices}  # trained in place
+        # buffers no unit cuts (BatchNorm's num_batches_tracked): trained in place, in the dense model
+        self.uncut_buffers = {name: b for name, b in model.named_buffers() if name not in layout.indices}
         with torch.no_grad():
             self.params = {name: self._gather(name, p).clone().requires_grad_(p.requires_grad)
                            for name, p in self.dense_params.items()}

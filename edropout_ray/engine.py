@@ -87,7 +87,8 @@ class EDropoutEngine:
             if self.config.selection == "paired":
                 half = max(1, len(x) // 2)
                 x, y = x[:half], y[:half]
-            both = self.scorer(torch.cat([self.population.states, children]), x, y).float().cpu()  # states live on the CPU
+            # energies come back to the CPU, where the states live
+            both = self.scorer(torch.cat([self.population.states, children]), x, y).float().cpu()
             self.population.energies, child_energies = both.split(len(children))
         accepted = self.population.select(children, child_energies, self.config.temperature, self.generator)
         return int(accepted.sum())

@@ -113,8 +113,8 @@ def format_table(report: dict) -> str:
                      f"(top-5: {report['top5_drop']:+.2f})")
     for key, timing in sorted(report.get("latency", {}).items()):
         if key.startswith("batch_"):
-            lines.append(f"latency at batch {key[6:]} on {report['latency']['device']}: dense {timing['dense_ms']:.2f} ms, "
-                         f"pruned {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x faster; MACs "
+            lines.append(f"latency at batch {key[6:]} on {report['latency']['device']}: "
+                         f"dense {timing['dense_ms']:.2f} ms, pruned {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x faster; MACs "
                          f"{report['latency']['macs_reduction']:.2f}x fewer)")
     latency = report.get("export_latency_ms", {})
     for file_key, diff_key, kind in (("exported_model", "export_max_abs_diff", "pt2"),

@@ -282,7 +282,8 @@ class PruningSpace:
                 masked, compact = self.masked_forward(state, x), self.at_size_forward(state, x)
         except Exception as error:  # a layer that keeps a size of its own (a depthwise conv's groups, ...)
             return f"{type(error).__name__}: {error}".splitlines()[0]
-        if compact.shape != masked.shape or not torch.allclose(compact, masked, rtol=1e-3, atol=1e-4):
+        scale = float(masked.abs().max())  # random-init outputs can be tiny: a tolerance relative to them
+        if compact.shape != masked.shape or float((compact - masked).abs().max()) > 5e-3 * scale + 1e-12:
             return "its outputs at size differ from the masked network's (a layer keeps a size of its own)"
         return None
 

@@ -49,8 +49,9 @@ def _assert_same_learner_state(actual: dict, expected: dict, where: str) -> None
     assert actual_state.keys() == expected_state.keys()
     for index, entries in expected_state.items():
         for key, value in entries.items():
-            torch.testing.assert_close(actual_state[index][key], value, rtol=1e-7, atol=1e-10,
-                                       msg=lambda m, index=index, key=key: f"optimizer state {index} {key} {where}: {m}")
+            torch.testing.assert_close(
+                actual_state[index][key], value, rtol=1e-7, atol=1e-10,
+                msg=lambda m, index=index, key=key: f"optimizer state {index} {key} {where}: {m}")
 
 
 def test_weights_written_back_are_what_a_resumed_learner_continues_from():
