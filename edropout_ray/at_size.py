@@ -31,8 +31,7 @@ class CompactLayout:
     that dim to a state bit, `num_units` meaning a slice no unit controls (always kept).
     """
 
-    def __init__(self, slices: Iterable[tuple[str, torch.Tensor | None, torch.Tensor | None]], num_units: int):
-        self.num_units = num_units
+    def __init__(self, slices: Iterable[tuple[str, torch.Tensor | None, torch.Tensor | None]]):
         self.indices = {name: (out_index, in_index) for name, out_index, in_index in slices}
         # a layer's weight, bias and statistics share one index: each distinct index is read once per state
         distinct: dict[tuple, int] = {}

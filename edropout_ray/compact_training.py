@@ -39,7 +39,8 @@ class CompactTraining:
                            for name, p in self.dense_params.items()}
             self.buffers = {name: self._gather(name, b).clone() for name, b in self.dense_buffers.items()}
         name_of = {id(p): name for name, p in self.dense_params.items()}
-        self.pairs = [(self.dense_params[name_of[id(p)]], self.params[name_of[id(p)]])
+        # (name, dense parameter, compact parameter) for every parameter the optimizer steps
+        self.pairs = [(name_of[id(p)], p, self.params[name_of[id(p)]])
                       for group in optimizer.param_groups for p in group["params"]]
         self.optimizer = type(optimizer)([
             {**{k: v for k, v in group.items() if k != "params"},
@@ -53,12 +54,10 @@ class CompactTraining:
 
     @torch.no_grad()
     def _gather_optimizer_state(self) -> None:
-        name_of = {id(p): name for name, p in self.dense_params.items()}
-        for dense, compact in self.pairs:
+        for name, dense, compact in self.pairs:
             state = self.dense_optimizer.state.get(dense)
             if not state:
                 continue
-            name = name_of[id(dense)]
             self.optimizer.state[compact] = {
                 key: (self._gather(name, value).clone() if _per_entry(value, dense)
                       else value.clone() if torch.is_tensor(value) else value)
@@ -68,18 +67,10 @@ class CompactTraining:
         """One step on (x, y); the loss and the logits. Raises NonFiniteLossError, leaving everything as it was."""
         for compact_group, dense_group in zip(self.optimizer.param_groups, self.dense_optimizer.param_groups):
             compact_group["lr"] = dense_group["lr"]  # the schedule steps the dense optimizer
-        touched = self.buffers | self.uncut_buffers  # a NaN batch must not poison the statistics
-        saved = {name: b.clone() for name, b in touched.items()}
+        touched = list((self.buffers | self.uncut_buffers).values())  # statistics the forward updates
+        saved = [b.clone() for b in touched]
         logits = run_at_size(self.space.model, self.params | self.buffers, x, self.space.depthwise)
-        loss = F.cross_entropy(logits, y)
-        if not math.isfinite(loss.item()):
-            with torch.no_grad():
-                for name, value in saved.items():
-                    touched[name].copy_(value)
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()}; lower lr (now {self.dense_optimizer.param_groups[0]['lr']}) "
-                "or check the input data for NaN values"
-            )
+        loss = finite_loss(logits, y, zip(touched, saved), self.dense_optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -92,16 +83,14 @@ class CompactTraining:
         if not self.dirty:
             return
         self.dirty = False
-        name_of = {id(p): name for name, p in self.dense_params.items()}
         for name, dense in self.dense_params.items():
             self._scatter(name, dense, self.params[name])
         for name, dense in self.dense_buffers.items():
             self._scatter(name, dense, self.buffers[name])
-        for dense, compact in self.pairs:
+        for name, dense, compact in self.pairs:
             state = self.optimizer.state.get(compact)
             if not state:
                 continue
-            name = name_of[id(dense)]
             dense_state = self.dense_optimizer.state.setdefault(dense, {})
             for key, value in state.items():
                 if _per_entry(value, compact):
@@ -116,6 +105,19 @@ class CompactTraining:
             self.space.layout.scatter_(dense, compact, self.kept[name])
         else:
             dense.copy_(compact)
+
+
+def finite_loss(logits: torch.Tensor, y: torch.Tensor, saved_statistics, lr: float) -> torch.Tensor:
+    """The step's cross-entropy; when it is NaN or infinite, put back each (statistic, saved copy),
+    so that a bad batch poisons no running statistics, and raise a clear error."""
+    loss = F.cross_entropy(logits, y)
+    if not math.isfinite(loss.item()):
+        with torch.no_grad():
+            for statistic, copy in saved_statistics:
+                statistic.copy_(copy)
+        raise NonFiniteLossError(f"the training loss became {loss.item()}; lower lr (now {lr}) "
+                                 "or check the input data for NaN values")
+    return loss
 
 
 def _per_entry(value, param: torch.Tensor) -> bool:

@@ -16,7 +16,7 @@ from .learner import Learner
 from .population import Population, diversity, reference_operator, repair_empty_groups, round_kept_counts
 from .space import PruningSpace
 
-Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # energies on the CPU
 
 
 @dataclass
@@ -54,7 +54,8 @@ class EDropoutEngine:
 
     def local_scorer(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.learner.sync()  # the learner may hold its latest weights at the state's size
-        return self.space.score(states, x, y, energy=self.config.energy, kappa=self.config.kappa)
+        # on the CPU, where the states live (as a shard's energies arrive)
+        return self.space.score(states, x, y, energy=self.config.energy, kappa=self.config.kappa).cpu()
 
     @property
     def frozen(self) -> bool:
@@ -81,14 +82,13 @@ class EDropoutEngine:
         children = self.propose()
         if self.config.selection == "reference":
             if not self.population.scored:
-                self.population.energies = self.scorer(self.population.states, x, y).float().cpu()
-            child_energies = self.scorer(children, x, y).float().cpu()
+                self.population.energies = self.scorer(self.population.states, x, y).float()
+            child_energies = self.scorer(children, x, y).float()
         else:
             if self.config.selection == "paired":
                 half = max(1, len(x) // 2)
                 x, y = x[:half], y[:half]
-            # energies come back to the CPU, where the states live
-            both = self.scorer(torch.cat([self.population.states, children]), x, y).float().cpu()
+            both = self.scorer(torch.cat([self.population.states, children]), x, y).float()
             self.population.energies, child_energies = both.split(len(children))
         accepted = self.population.select(children, child_energies, self.config.temperature, self.generator)
         return int(accepted.sum())

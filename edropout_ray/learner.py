@@ -11,16 +11,13 @@ step. Either way a unit pruned now can return later unchanged, the dropout that 
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from .compact_training import CompactTraining
+from .compact_training import CompactTraining, finite_loss
 from .config import Config
-from .errors import NonFiniteLossError
 from .space import PruningSpace
 
 
@@ -78,18 +75,10 @@ class Learner:
         # entries (three quarters of ResNet-18 at half the units kept) cost more than a training step.
         saved = {name: tensors[name].detach().clone() for name in pruned}
         saved_optim = self._optimizer_state(tensors, pruned)
-        buffers = {name: b.clone() for name, b in self.model.named_buffers()}  # small: norm statistics
+        buffers = [(b, b.clone()) for b in self.model.buffers()]  # small: norm statistics
 
         logits = self.space.masked_forward(state, x)
-        loss = F.cross_entropy(logits, y)
-        if not math.isfinite(loss.item()):
-            with torch.no_grad():  # a NaN batch must not poison the running statistics either
-                for name, value in self.model.named_buffers():
-                    value.copy_(buffers[name])
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()}; lower lr (now {self.optimizer.param_groups[0]['lr']}) "
-                "or check the input data for NaN values"
-            )
+        loss = finite_loss(logits, y, buffers, self.lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -153,8 +142,8 @@ class Learner:
         return {name: value.detach().cpu().clone() for name, value in self.model.state_dict().items()}
 
     def state_dict(self) -> dict:
-        """Everything a resumed run needs from the learner: weights, optimizer, schedule."""
-        self.sync()
+        """Everything a resumed run needs from the learner: weights, optimizer, schedule (weights()
+        first: it writes back what was trained at size, optimizer state included)."""
         return {"model": self.weights(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state()}  # rng: dropout draws
 

@@ -83,7 +83,7 @@ class PruningSpace:
         self._slices: list[_SliceIndex] = []
         self._norms: dict | list[ChannelNorm] = {}  # name -> ChannelNorm while building, then a list
         self._build()
-        self.layout = CompactLayout(((e.name, e.out_index, e.in_index) for e in self._slices), self.num_units)
+        self.layout = CompactLayout((e.name, e.out_index, e.in_index) for e in self._slices)
         self.depthwise = depthwise_convs(self.model, self.layout)
         self._at_size_problem: str | None | bool = False  # False: not checked yet
 
