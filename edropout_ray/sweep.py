@@ -148,15 +148,23 @@ def train_trial(values: dict) -> None:
             loop.checkpoint_dir = Path(folder)
             loop.save_checkpoint()
             (Path(folder) / "final_mask.json").write_text(json.dumps(loop.engine.best_state.int().tolist()))
+            (Path(folder) / "trial.json").write_text(json.dumps({"trial_id": own_id, "row": row}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    own_id = tune.get_context().get_trial_id()
     engine = make_engine(space, setup)
     try:
         loop = TrainLoop(engine, setup, "trial", on_epoch_end=report)
-        restored = tune.get_checkpoint()
+        restored, source = tune.get_checkpoint(), None
         if restored is not None:  # a resumed trial, or a PBT exploit of another trial's state
             with restored.as_directory() as folder:
                 loop.restore(checkpoint.load_checkpoint(folder))
+                marker = Path(folder) / "trial.json"
+                source = json.loads(marker.read_text()) if marker.exists() else None
+        if source is not None and source["trial_id"] != own_id and loop.epoch >= loop.epochs:
+            # a PBT exploit of another trial's final state: nothing is left to train, and without a report of
+            # its own the trial would end with the other trial's last result (its id and config)
+            report(loop, source["row"])
         loop.run(progress=False)
     finally:
         engine.close()
@@ -242,7 +250,7 @@ def collect(results, swept: list[str]) -> list[dict]:
         if result.metrics is None or "val_top1" not in (result.metrics or {}):
             continue
         metrics = result.metrics
-        row = {"trial_id": metrics.get("trial_id", ""), "epochs_done": metrics.get("training_iteration", 0),
+        row = {"trial_id": metrics.get("trial_id", ""), "epochs_done": metrics.get("epoch", -1) + 1,
                "restored": metrics.get("iterations_since_restore", 0) < metrics.get("training_iteration", 0)}
         row |= {key: _plain(result.config.get(key)) for key in dict.fromkeys(swept)}
         row |= {k: metrics[k] for k in ("val_top1", "val_loss", "params_kept_fraction", "units_kept_fraction",

@@ -117,8 +117,9 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_its_twin(tmp_pa
     deadline, killed = time.monotonic() + 600, None
     while killed is None and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-        if len(list((output / "tune").glob("*/checkpoint_000000"))) < 2:
-            continue  # both trials have a checkpoint: the killed one continues from its own
+        # both trials have a checkpoint (the killed one continues from its own); only the latest two are kept
+        if len({path.parent for path in (output / "tune").glob("*/checkpoint_*")}) < 2:
+            continue
         trials = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
         if trials:
             killed = trials[0]

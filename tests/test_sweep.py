@@ -107,6 +107,8 @@ def test_population_based_training_exploits_and_mutates(tmp_path):
     assert "[Exploit]" in done.stdout + done.stderr
     rows = pq.read_table(output / "trials.parquet").to_pylist()
     assert len(rows) == 2 and all(r["error"] is None for r in rows), rows
+    assert len({r["trial_id"] for r in rows}) == 2, "a trial exploited at its end reports as itself, not its source"
+    assert all(r["epochs_done"] == 4 for r in rows), rows
     assert any(r["temperature"] not in (0.5, 2.0) for r in rows), "an exploited trial runs with a mutated value"
 
 
