@@ -63,15 +63,16 @@ def test_small_sweep_writes_table_plot_and_best_model(tmp_path):
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     output = tmp_path / "out"
-    process = subprocess.Popen(sweep_command(write_sweep(tmp_path, 4), output), stdout=subprocess.DEVNULL,
+    epochs = 12  # the last trial still runs for a while after the first finishes, even on a fast machine
+    process = subprocess.Popen(sweep_command(write_sweep(tmp_path, epochs), output), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     finished = {}
     deadline = time.monotonic() + 600
     while not finished and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.1)
         for result in (output / "tune").glob("*/result.json"):
             lines = result.read_text().splitlines()
-            if len(lines) == 4:
+            if len(lines) == epochs:
                 finished[result] = lines
     process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
     process.wait(timeout=300)
