@@ -145,8 +145,10 @@ def train_trial(values: dict) -> None:
                    "params_kept_fraction": kept, "objective": row["val_top1"] - params_weight * 100 * kept,
                    "frozen": row["frozen"], "epoch": row["epoch"]}
         with tempfile.TemporaryDirectory() as folder:
+            # a trial checkpoints once per epoch, through Tune; `checkpoint_every` (mid-epoch) has no folder here
             loop.checkpoint_dir = Path(folder)
             loop.save_checkpoint()
+            loop.checkpoint_dir = None
             (Path(folder) / "final_mask.json").write_text(json.dumps(loop.engine.best_state.int().tolist()))
             (Path(folder) / "trial.json").write_text(json.dumps({"trial_id": own_id, "row": row}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
