@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-# per tensor: kept indices along dim 0 and along dim 1 (None: that dim is not cut)
-KeptIndices = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
+# per tensor: kept indices along dim 0 and along dim 1 (None: that dim is not cut), and where both dims
+# are cut, the rows of the kept (out, in) blocks in the tensor with its first two dims flattened
+KeptIndices = dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]
 
 
 class CompactLayout:
@@ -38,22 +39,28 @@ class CompactLayout:
         self._which = {name: tuple(None if index is None else distinct.setdefault(tuple(index.tolist()), len(distinct))
                                    for index in pair) for name, pair in self.indices.items()}
         self._distinct = [torch.tensor(key, dtype=torch.long) for key in distinct]
-        self._on_device: dict[torch.device, list[torch.Tensor]] = {}
 
-    def kept(self, state: torch.Tensor) -> KeptIndices:
-        """Per cut tensor, the positions `state` keeps along each cut dim (sorted, on the state's device)."""
-        if state.device not in self._on_device:
-            self._on_device[state.device] = [index.to(state.device) for index in self._distinct]
-        extended = torch.cat([state.bool(), state.new_ones(1, dtype=torch.bool)])
-        kept = [extended[index].nonzero().squeeze(1) for index in self._on_device[state.device]]
-        return {name: tuple(None if k is None else kept[k] for k in pair) for name, pair in self._which.items()}
+    def kept(self, state: torch.Tensor, device: torch.device | str | None = None) -> KeptIndices:
+        """Per cut tensor, the positions `state` keeps along each cut dim (sorted, on `device`, by default
+        the state's). Found on the CPU and moved in one copy: on a GPU each `nonzero` waits for the device,
+        and the dozens of them cost more than the state's whole forward (measured on an H100)."""
+        device = state.device if device is None else torch.device(device)
+        extended = torch.cat([state.detach().cpu().bool(), torch.ones(1, dtype=torch.bool)])
+        kept = [extended[index].nonzero().squeeze(1) for index in self._distinct]
+        blocks = {pair: _block_index(kept[pair[0]], kept[pair[1]], len(self._distinct[pair[1]]))
+                  for pair in self._which.values() if None not in pair}
+        found = kept + list(blocks.values())
+        if device.type != "cpu" and found:
+            found = list(torch.cat(found).to(device).split([len(k) for k in found]))
+        kept, blocks = found[:len(kept)], dict(zip(blocks, found[len(kept):]))
+        return {name: (*(None if k is None else kept[k] for k in pair), blocks.get(pair))
+                for name, pair in self._which.items()}
 
     @staticmethod
-    def gather(tensor: torch.Tensor, kept: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+    def gather(tensor: torch.Tensor, kept: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
         """The kept slices of `tensor` (differentiable: gradients flow back to the dense tensor)."""
-        out_kept, in_kept = kept
-        if out_kept is not None and in_kept is not None:  # one pass over the kept (out, in) blocks
-            flat = _block_index(out_kept, in_kept, tensor.shape[1])
+        out_kept, in_kept, flat = kept
+        if flat is not None:  # one pass over the kept (out, in) blocks
             return tensor.flatten(0, 1).index_select(0, flat).view(len(out_kept), len(in_kept), *tensor.shape[2:])
         if out_kept is not None:
             return tensor.index_select(0, out_kept)
@@ -64,11 +71,10 @@ class CompactLayout:
     @staticmethod
     @torch.no_grad()
     def scatter_(dense: torch.Tensor, compact: torch.Tensor,
-                 kept: tuple[torch.Tensor | None, torch.Tensor | None]) -> None:
+                 kept: tuple[torch.Tensor | None, ...]) -> None:
         """Write `compact` into the kept slices of `dense`, in place; the other entries stay as they are."""
-        out_kept, in_kept = kept
-        if out_kept is not None and in_kept is not None and dense.is_contiguous():
-            flat = _block_index(out_kept, in_kept, dense.shape[1])
+        out_kept, in_kept, flat = kept
+        if flat is not None and dense.is_contiguous():
             dense.view(-1, *dense.shape[2:]).index_copy_(0, flat, compact.reshape(-1, *dense.shape[2:]))
         elif out_kept is not None and in_kept is not None:
             rows = dense.index_select(0, out_kept)

@@ -28,7 +28,7 @@ class CompactTraining:
         self.state = state.clone()
         model = space.model
         device = next(model.parameters()).device
-        self.kept = space.layout.kept(state.to(device))
+        self.kept = space.layout.kept(state, device)
         layout = space.layout
         self.dense_params = dict(model.named_parameters())
         self.dense_buffers = {name: b for name, b in model.named_buffers() if name in layout.indices}

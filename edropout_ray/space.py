@@ -291,7 +291,7 @@ class PruningSpace:
         """The cut parameters and buffers at `state`'s size (differentiable in the parameters)."""
         tensors = dict(self.model.named_parameters()) | dict(self.model.named_buffers())
         some = next(iter(tensors.values()))
-        return self.layout.compact_tensors(tensors, self.layout.kept(self._check_states(state).to(some.device)))
+        return self.layout.compact_tensors(tensors, self.layout.kept(self._check_states(state), some.device))
 
     def at_size_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of `state`'s network run at its own size: what its exported model computes."""
