@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import shutil
@@ -105,6 +106,20 @@ max_failures: 2
 """
 
 
+def pid_of_a_trial_mid_run(tune_dir, last_epoch: int) -> int | None:
+    """The process of a trial that has reported at least once and at most `last_epoch` epochs (from its
+    own result.json): a trial still running, well before its end, and not an idle or finished one."""
+    for result in tune_dir.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            continue  # the line is being written
+        if last is not None and 1 <= last["training_iteration"] <= last_epoch:
+            return last["pid"]
+    return None
+
+
 def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_its_twin(tmp_path, private_ray_env):
     """Two identical trials; one trial's worker process is killed after the first checkpoints. Tune restarts
     it from that checkpoint (max_failures), and it ends with exactly its untouched twin's results."""
@@ -120,9 +135,9 @@ def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_its_twin(tmp_pa
         # both trials have a checkpoint (the killed one continues from its own); only the latest two are kept
         if len({path.parent for path in (output / "tune").glob("*/checkpoint_*")}) < 2:
             continue
-        trials = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
-        if trials:
-            killed = trials[0]
+        pid = pid_of_a_trial_mid_run(output / "tune", last_epoch=30)
+        if pid is not None and "ray::" in command_line(pid):
+            killed = pid
             os.kill(killed, signal.SIGKILL)
     log, _ = process.communicate(timeout=600)
     assert killed is not None, log[-3000:]
