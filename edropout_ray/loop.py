@@ -132,8 +132,9 @@ class TrainLoop:
             self.epochs_without_gain += 1
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
-        checkpoint.save_checkpoint(self.checkpoint_dir, {
+    def save_checkpoint(self, folder: str | Path | Folder | None = None) -> None:
+        """Into `folder`, by default the loop's `checkpoint_dir`."""
+        checkpoint.save_checkpoint(self.checkpoint_dir if folder is None else folder, {
             "engine": self.engine.state_dict(), "num_units": self.engine.space.num_units,
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "loader_state": self.loader_state,
             "torch_rng": torch.get_rng_state(), "best_val_loss": self.best_val_loss,

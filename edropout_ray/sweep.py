@@ -145,28 +145,26 @@ def train_trial(values: dict) -> None:
                    "params_kept_fraction": kept, "objective": row["val_top1"] - params_weight * 100 * kept,
                    "frozen": row["frozen"], "epoch": row["epoch"]}
         with tempfile.TemporaryDirectory() as folder:
-            # a trial checkpoints once per epoch, through Tune; `checkpoint_every` (mid-epoch) has no folder here
-            loop.checkpoint_dir = Path(folder)
-            loop.save_checkpoint()
-            loop.checkpoint_dir = None
+            # a trial checkpoints once per epoch, through Tune (the loop has no folder for `checkpoint_every`)
+            loop.save_checkpoint(folder)
             (Path(folder) / "final_mask.json").write_text(json.dumps(loop.engine.best_state.int().tolist()))
-            (Path(folder) / "trial.json").write_text(json.dumps({"trial_id": own_id, "row": row}))
+            (Path(folder) / "trial.json").write_text(json.dumps({"trial_id": own_id}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     own_id = tune.get_context().get_trial_id()
     engine = make_engine(space, setup)
     try:
         loop = TrainLoop(engine, setup, "trial", on_epoch_end=report)
-        restored, source = tune.get_checkpoint(), None
+        restored, source_id = tune.get_checkpoint(), None
         if restored is not None:  # a resumed trial, or a PBT exploit of another trial's state
             with restored.as_directory() as folder:
                 loop.restore(checkpoint.load_checkpoint(folder))
                 marker = Path(folder) / "trial.json"
-                source = json.loads(marker.read_text()) if marker.exists() else None
-        if source is not None and source["trial_id"] != own_id and loop.epoch >= loop.epochs:
+                source_id = json.loads(marker.read_text())["trial_id"] if marker.exists() else None
+        if source_id not in (None, own_id) and loop.epoch >= loop.epochs:
             # a PBT exploit of another trial's final state: nothing is left to train, and without a report of
             # its own the trial would end with the other trial's last result (its id and config)
-            report(loop, source["row"])
+            report(loop, loop.epoch_rows[-1])
         loop.run(progress=False)
     finally:
         engine.close()
