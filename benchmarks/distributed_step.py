@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from edropout_ray.config import Config
-from edropout_ray.coordinator import start_distributed_engine
-from edropout_ray.engine import EDropoutEngine
+from edropout_ray.distributed.coordinator import start_distributed_engine
+from edropout_ray.training.step import EDropoutEngine
 from edropout_ray.models import ModelRecipe
-from edropout_ray.shard import ShardWorker
-from edropout_ray.space import PruningSpace
+from edropout_ray.distributed.shard import ShardWorker
+from edropout_ray.pruning.space import PruningSpace
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -15,7 +15,7 @@ import tempfile
 import ray
 
 from edropout_ray.config import load_config
-from edropout_ray.trainer import run
+from edropout_ray.train import run
 
 
 def main(argv=None) -> None:

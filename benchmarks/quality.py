@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edropout_ray.compare import compare
 from edropout_ray.config import load_config
-from edropout_ray.history import EPOCHS_FILE, HISTORY_FILE, read_rows
+from edropout_ray.artifacts.history import EPOCHS_FILE, HISTORY_FILE, read_rows
 
 
 def accepted_per_epoch(folder: Path) -> list[int]:

@@ -30,10 +30,10 @@ import torchvision
 from torch.profiler import ProfilerActivity, profile
 
 from edropout_ray.config import Config
-from edropout_ray.engine import EDropoutEngine
-from edropout_ray.export import count_macs
-from edropout_ray.latency import compare_latency
-from edropout_ray.space import PruningSpace
+from edropout_ray.training.step import EDropoutEngine
+from edropout_ray.artifacts.pruned_model import count_macs
+from edropout_ray.artifacts.latency import compare_latency
+from edropout_ray.pruning.space import PruningSpace
 
 REFERENCE_SLOWDOWN = "17x-29x (authors' code, one GPU, S = 8, ALGORITHM.md)"
 GOAL = 1.15  # ratio / bound

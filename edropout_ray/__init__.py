@@ -1,10 +1,10 @@
 """EDropout: energy-based dropout and pruning of deep networks, in one process or on Ray."""
 
 from .config import Config, load_config
-from .energies import cross_entropy_energy, margin_energy
+from .evolution.energies import cross_entropy_energy, margin_energy
 from .errors import (CheckpointError, ConfigError, EDropoutError, NonFiniteLossError, NothingToPruneError,
                      UnsupportedModelError)
-from .space import PruningSpace
+from .pruning.space import PruningSpace
 
 __all__ = [
     "CheckpointError", "Config", "ConfigError", "EDropoutError", "NonFiniteLossError", "NothingToPruneError",

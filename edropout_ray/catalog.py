@@ -63,12 +63,12 @@ def listing() -> str:
 
 def check(spec: str, image_size: int = 64, in_channels: int = 3, num_classes: int = 10) -> str:
     """Build `spec`, its pruning space, and the export of a random state; say what was found."""
-    from .export import count_parameters
+    from .artifacts.pruned_model import count_parameters
     from .models import build_model
-    from .population import repair_empty_groups
-    from .space import PruningSpace
+    from .evolution.population import repair_empty_groups
+    from .pruning.space import PruningSpace
 
-    logging.getLogger("edropout_ray.space").setLevel(logging.ERROR)  # the skips are listed below
+    logging.getLogger("edropout_ray.pruning.space").setLevel(logging.ERROR)  # the skips are listed below
     torch.manual_seed(0)
     model = build_model(spec, num_classes, in_channels, image_size).double().eval()
     x = torch.randn(2, in_channels, image_size, image_size, dtype=torch.float64)

@@ -61,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .checkpoint import load_saved_config
+    from .artifacts.checkpoint import load_saved_config
     from .config import load_config, parse_override
-    from .report import format_table
-    from .trainer import run
+    from .artifacts.report import format_table
+    from .train import run
 
     if bool(args.output) == bool(args.resume):
         raise ConfigError("give --output DIR for a new run, or --resume DIR to continue one (not both)")
@@ -115,7 +115,7 @@ def _sweep(args) -> None:
 
 
 def _convert(args) -> None:
-    from .streaming import convert_image_folder
+    from .data.streaming import convert_image_folder
 
     counts = convert_image_folder(args.source, args.destination, rows_per_shard=args.rows_per_shard)
     print(", ".join(f"{split}: {n} images" for split, n in counts.items()) + f"; written to {args.destination}/")

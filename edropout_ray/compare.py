@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import ray
 
 from .config import Config
-from .plotting import png_figure
+from .artifacts.plotting import png_figure
 
 BASELINES = {
     "dropnet_min": {"method": "dropnet", "dropnet_strategy": "min"},
@@ -29,7 +29,7 @@ METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_
 
 
 def _one_run(config_values: dict, folder: str) -> dict:
-    from .trainer import run
+    from .train import run
 
     report = run(Config.from_dict(config_values), folder, progress=False)
     report["units_kept_fraction"] = report["units_kept"] / report["units_total"]
@@ -38,7 +38,7 @@ def _one_run(config_values: dict, folder: str) -> dict:
 
 def compare(config: Config, output: str | Path, seeds: list[int], address: str | None = None) -> list[dict]:
     """Run every method for every seed; write runs.parquet, summary.parquet, comparison.md and .png."""
-    from .cluster import connect
+    from .distributed.cluster import connect
 
     if len(seeds) < 1:
         raise ValueError("give at least one seed")

@@ -173,7 +173,7 @@ class Config:
              f"latency_batches must be batch sizes >= 1 ([] to skip timing) and latency_repeats >= 1, got "
              f"{self.latency_batches!r} and {self.latency_repeats!r}")
         if "onnx" in self.export_formats:
-            from .onnx_export import require_onnx
+            from .artifacts.onnx_model import require_onnx
             require_onnx()
         need(":" in self.model or self.model.replace("_", "").isalnum(),
              f"model must be a torchvision model name or 'package.module:callable', got {self.model!r}")

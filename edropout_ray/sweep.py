@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 import yaml
 from ray import tune
 
-from . import checkpoint
+from .artifacts import checkpoint
 from .config import Config
 from .errors import ConfigError
-from .plotting import png_figure
+from .artifacts.plotting import png_figure
 
 SCHEDULERS = ("fifo", "asha", "pbt")
 # keys PBT may change mid-run: they steer selection and the schedule, not the shapes of the run
@@ -127,10 +127,10 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
 
 def train_trial(values: dict) -> None:
     """Tune's function trainable: one EDropout run, reporting and checkpointing every epoch."""
-    from .loop import TrainLoop
-    from .setup import prepare
-    from .space import PruningSpace
-    from .trainer import make_engine
+    from .training.loop import TrainLoop
+    from .training.run_setup import prepare
+    from .pruning.space import PruningSpace
+    from .train import make_engine
 
     values = dict(values)
     params_weight = values.pop("_params_weight", 0.0)
@@ -186,7 +186,7 @@ def _scheduler(spec: SweepSpec):
 
 def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, address: str | None = None) -> list[dict]:
     """Run (or continue) the sweep; write trials.parquet, pareto.png, best/ and return the trial rows."""
-    from .cluster import connect
+    from .distributed.cluster import connect
 
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -293,9 +293,9 @@ def export_best(result, folder: Path) -> dict:
     """Rebuild the best trial from its last checkpoint; write its report and exported model to `folder`."""
     import torch
 
-    from .report import build_report, write_report
-    from .setup import prepare
-    from .space import PruningSpace
+    from .artifacts.report import build_report, write_report
+    from .training.run_setup import prepare
+    from .pruning.space import PruningSpace
 
     values = {k: v for k, v in result.config.items() if k != "_params_weight"}
     config = Config.from_dict(values)

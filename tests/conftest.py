@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from edropout_ray.models import mlp, small_cnn
-from edropout_ray.population import repair_empty_groups
-from edropout_ray.space import PruningSpace
+from edropout_ray.evolution.population import repair_empty_groups
+from edropout_ray.pruning.space import PruningSpace
 
 # name -> (factory, input shape): smallest inputs each architecture accepts, to keep tests fast
 MODELS = {

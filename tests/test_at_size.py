@@ -11,8 +11,8 @@ from torch import nn
 
 from conftest import inputs_of, random_states, space_of
 from edropout_ray.config import Config
-from edropout_ray.learner import Learner
-from edropout_ray.space import PruningSpace
+from edropout_ray.training.learner import Learner
+from edropout_ray.pruning.space import PruningSpace
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -94,7 +94,7 @@ def test_a_model_that_cannot_run_at_size_is_masked_and_said_once(caplog):
     space = PruningSpace(_group_norm_cnn(), torch.randn(2, 3, 12, 12), scoring="at_size")
     x, y = torch.randn(4, 3, 12, 12), torch.arange(4)
     states = random_states(space, 2, seed=1)
-    with caplog.at_level(logging.WARNING, logger="edropout_ray.space"):
+    with caplog.at_level(logging.WARNING, logger="edropout_ray.pruning.space"):
         at_size = space.score(states, x, y)
         space.score(states, x, y)
         learner = Learner(space, Config())
@@ -112,7 +112,7 @@ def test_auto_scoring_runs_at_size_on_the_cpu():
 
 
 def test_latency_report_times_both_models_at_every_batch():
-    from edropout_ray.latency import compare_latency
+    from edropout_ray.artifacts.latency import compare_latency
 
     space = space_of("small_cnn")
     state = random_states(space, 1, seed=3)[0]
@@ -129,8 +129,8 @@ def test_after_the_freeze_the_network_trained_at_size_is_the_masked_and_the_expo
     """Across the switch to training at size: the loss on one batch is the same computed by the
     compact network being trained, by the dense model masked with the final mask (weights written
     back), and by the exported model."""
-    from edropout_ray.at_size import run_at_size
-    from edropout_ray.engine import EDropoutEngine
+    from edropout_ray.pruning.at_size import run_at_size
+    from edropout_ray.training.step import EDropoutEngine
 
     space = copy.deepcopy(space_of("resnet18", torch.float64))
     engine = EDropoutEngine(space, Config(population_size=4, converge_after=0, converge_patience=1, lr=0.01))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from edropout_ray.baselines import keep_top, select_to_drop
-from edropout_ray.space import PruningSpace
-from edropout_ray.unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
+from edropout_ray.baselines.pruners import keep_top, select_to_drop
+from edropout_ray.pruning.space import PruningSpace
+from edropout_ray.baselines.unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
 LAYER1 = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 LAYER2 = [0.5, 0.1, 0.4, 0.2, 0.3]
@@ -103,11 +103,11 @@ def test_l1_norms_and_keep_top(known_space):
 @pytest.mark.parametrize("method", ["l1", "random", "dropnet"])
 def test_baselines_keep_the_parameters_asked_for_within_the_same_steps(method, monkeypatch):
     """What `compare` relies on: a baseline held to EDropout's parameters, trained for its steps."""
-    from edropout_ray.baselines import run_baseline
+    from edropout_ray.baselines.pruners import run_baseline
     from edropout_ray.config import Config
-    from edropout_ray.learner import Learner
-    from edropout_ray.setup import prepare
-    from edropout_ray.sizing import parameters_fraction
+    from edropout_ray.training.learner import Learner
+    from edropout_ray.training.run_setup import prepare
+    from edropout_ray.pruning.sizing import parameters_fraction
 
     steps = []
     step = Learner.step

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edropout_ray.energies import cross_entropy_energy, margin_energy, resolve_energy
+from edropout_ray.evolution.energies import cross_entropy_energy, margin_energy, resolve_energy
 from edropout_ray.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ def test_user_callable_by_import_path(monkeypatch):
     assert energy(torch.zeros(2, 1, 3), torch.zeros(1, dtype=torch.long), states).tolist() == [2.0, 3.0]
 
 
-@pytest.mark.parametrize("bad", ["hinge", "no_such_module_xyz:f", "edropout_ray.energies:nothing"])
+@pytest.mark.parametrize("bad", ["hinge", "no_such_module_xyz:f", "edropout_ray.evolution.energies:nothing"])
 def test_unknown_energy_is_a_clear_error(bad):
     with pytest.raises(ConfigError):
         resolve_energy(bad)

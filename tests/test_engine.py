@@ -7,10 +7,10 @@ import torch
 
 from edropout_ray.config import Config
 from edropout_ray.data import load_dataset
-from edropout_ray.engine import EDropoutEngine
+from edropout_ray.training.step import EDropoutEngine
 from edropout_ray.errors import NonFiniteLossError
 from edropout_ray.models import small_cnn
-from edropout_ray.space import PruningSpace
+from edropout_ray.pruning.space import PruningSpace
 
 
 @pytest.fixture(scope="module")

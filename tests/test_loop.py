@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from edropout_ray.config import Config
-from edropout_ray.engine import EDropoutEngine
-from edropout_ray.loop import TrainLoop
-from edropout_ray.setup import prepare
-from edropout_ray.space import PruningSpace
+from edropout_ray.training.step import EDropoutEngine
+from edropout_ray.training.loop import TrainLoop
+from edropout_ray.training.run_setup import prepare
+from edropout_ray.pruning.space import PruningSpace
 
 MLP = "edropout_ray.models:mlp"
 

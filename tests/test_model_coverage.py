@@ -17,8 +17,8 @@ import torchvision
 from edropout_ray.catalog import TIMM_FAMILIES
 from edropout_ray.errors import EDropoutError
 from edropout_ray.models import build_model
-from edropout_ray.population import repair_empty_groups
-from edropout_ray.space import PruningSpace
+from edropout_ray.evolution.population import repair_empty_groups
+from edropout_ray.pruning.space import PruningSpace
 
 INPUT_SIZE = {"timm:inception_next_atto": 64, "timm:dpn48b": 64, "timm:selecsls42b": 64}
 

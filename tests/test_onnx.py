@@ -8,7 +8,7 @@ import torch
 from conftest import assert_close_outputs, inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.errors import ConfigError
-from edropout_ray.onnx_export import ONNX_FILE, OnnxRunner, save_onnx
+from edropout_ray.artifacts.onnx_model import ONNX_FILE, OnnxRunner, save_onnx
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v2"])

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from edropout_ray.population import (Population, accept_children, distinct_donors, reference_operator,
+from edropout_ray.evolution.population import (Population, accept_children, distinct_donors, reference_operator,
                                      repair_empty_groups, round_kept_counts)
 
 

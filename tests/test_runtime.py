@@ -11,9 +11,9 @@ import ray
 import torch
 
 from edropout_ray.config import Config
-from edropout_ray.liveness import ActorLostError
-from edropout_ray.space import PruningSpace
-from edropout_ray.trainer import TrainLoop, make_engine, prepare
+from edropout_ray.distributed.liveness import ActorLostError
+from edropout_ray.pruning.space import PruningSpace
+from edropout_ray.train import TrainLoop, make_engine, prepare
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from edropout_ray.models import lenet5
-from edropout_ray.sizing import fit_to_parameters, parameters_fraction
-from edropout_ray.space import PruningSpace
+from edropout_ray.pruning.sizing import fit_to_parameters, parameters_fraction
+from edropout_ray.pruning.space import PruningSpace
 
 
 @pytest.fixture(scope="module")

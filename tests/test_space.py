@@ -11,8 +11,8 @@ from torch import nn
 from conftest import MODELS, assert_close_outputs, inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.errors import NothingToPruneError
-from edropout_ray.learner import Learner
-from edropout_ray.space import PruningSpace
+from edropout_ray.training.learner import Learner
+from edropout_ray.pruning.space import PruningSpace
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

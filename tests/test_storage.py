@@ -7,12 +7,12 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from edropout_ray import checkpoint
+from edropout_ray.artifacts import checkpoint
 from edropout_ray.cli import main
 from edropout_ray.config import Config
 from edropout_ray.errors import CheckpointError
-from edropout_ray.storage import Folder, open_folder
-from edropout_ray.trainer import run
+from edropout_ray.artifacts.storage import Folder, open_folder
+from edropout_ray.train import run
 
 
 def in_memory_folder() -> tuple[pafs.FileSystem, Folder]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edropout_ray.streaming import StreamingLoader, convert_image_folder, load_streaming
+from edropout_ray.data.streaming import StreamingLoader, convert_image_folder, load_streaming
 
 ray = pytest.importorskip("ray")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .population import repair_empty_groups
+from ..evolution.population import repair_empty_groups
 from .space import PruningSpace
 
 

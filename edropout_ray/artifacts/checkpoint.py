@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
-from .errors import CheckpointError
+from ..config import Config
+from ..errors import CheckpointError
 from .storage import Folder, open_folder
 
 CHECKPOINT_FILE = "checkpoint.pt"

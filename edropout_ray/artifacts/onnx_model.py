@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 ONNX_FILE = "pruned_model.onnx"
 _NEEDED = ("onnx", "onnxscript", "onnxruntime")

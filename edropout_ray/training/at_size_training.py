@@ -15,9 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .at_size import run_at_size
-from .errors import NonFiniteLossError
-from .space import PruningSpace
+from ..pruning.at_size import run_at_size
+from ..errors import NonFiniteLossError
+from ..pruning.space import PruningSpace
 
 
 class CompactTraining:

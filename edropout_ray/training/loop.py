@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint
-from .engine import EDropoutEngine, StepRecord
-from .evaluation import evaluate
-from .setup import RunSetup, steps_per_epoch
-from .storage import Folder
+from ..artifacts import checkpoint
+from .step import EDropoutEngine, StepRecord
+from ..pruning.evaluation import evaluate
+from .run_setup import RunSetup, steps_per_epoch
+from ..artifacts.storage import Folder
 
 
 def _progress(total: int, done: int, description: str, enabled: bool):

@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from .data import IMAGENET_MEAN, IMAGENET_STD
+from .common import IMAGENET_MEAN, IMAGENET_STD
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -203,7 +203,7 @@ class StreamingLoader:
 
         if not ray.is_initialized():
             raise RuntimeError("StreamingLoader needs Ray: connect first (ray.init() or "
-                               "edropout_ray.cluster.connect(config))")
+                               "edropout_ray.distributed.cluster.connect(config))")
         block_seed = buffer_seed = None
         if self.shuffle:
             block_seed, buffer_seed = torch.randint(0, 2**31 - 1, (2,), generator=self.generator).tolist()
@@ -241,7 +241,7 @@ def load_streaming(data_dir: str | os.PathLike, *, image_size: int, channels: in
 
     if not ray.is_initialized():
         raise RuntimeError("load_streaming needs Ray: connect first (ray.init() or "
-                           "edropout_ray.cluster.connect(config)) before building streaming loaders")
+                           "edropout_ray.distributed.cluster.connect(config)) before building streaming loaders")
     root = str(data_dir).rstrip("/")
     fs, base = _filesystem(root)
 

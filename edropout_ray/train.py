@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, history
-from .baselines import run_baseline
+from .artifacts import checkpoint, history
+from .baselines.pruners import run_baseline
 from .config import Config
-from .engine import EDropoutEngine
+from .training.step import EDropoutEngine
 from .errors import CheckpointError, ConfigError, RunLostError
-from .evaluation import evaluate
-from .loop import TrainLoop
-from .report import build_report, write_report
-from .setup import RunSetup, prepare
-from .space import PruningSpace
-from .storage import Folder, open_folder
+from .pruning.evaluation import evaluate
+from .training.loop import TrainLoop
+from .artifacts.report import build_report, write_report
+from .training.run_setup import RunSetup, prepare
+from .pruning.space import PruningSpace
+from .artifacts.storage import Folder, open_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def make_engine(space: PruningSpace, setup: RunSetup, address: str | None = None
     config = setup.config
     if config.shards == 0:
         return EDropoutEngine(space, config)
-    from .cluster import connect
-    from .coordinator import start_distributed_engine
+    from .distributed.cluster import connect
+    from .distributed.coordinator import start_distributed_engine
 
     connect(config, address)
     return start_distributed_engine(space, config, setup.recipe)

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .evaluation import evaluate, random_state
-from .export import EXPORT_FILE, count_macs, count_parameters, load_exported, save_exported
+from ..pruning.evaluation import evaluate, random_state
+from .pruned_model import EXPORT_FILE, count_macs, count_parameters, load_exported, save_exported
 from .latency import compare_latency, latency_ms
-from .onnx_export import ONNX_FILE, OnnxRunner, save_onnx
-from .space import PruningSpace
+from .onnx_model import ONNX_FILE, OnnxRunner, save_onnx
+from ..pruning.space import PruningSpace
 
 if TYPE_CHECKING:
-    from .setup import RunSetup
+    from ..training.run_setup import RunSetup
 
 REPORT_FILE = "report.json"
 RANDOM_PRUNE_FRACTIONS = (0.25, 0.5, 0.75)

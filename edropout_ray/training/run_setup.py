@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Config
-from .data import DATASETS, DataSplits, load_dataset, make_loader
-from .errors import ConfigError
-from .models import ModelRecipe, is_torchvision_name
+from ..config import Config
+from ..data import DATASETS, DataSplits, load_dataset, make_loader
+from ..errors import ConfigError
+from ..models import ModelRecipe, is_torchvision_name
 
 
 @dataclass
@@ -66,8 +66,8 @@ def prepare(config: Config, address: str | None = None) -> RunSetup:
 
 def _prepare_parquet(config: Config, address: str | None = None) -> RunSetup:
     """Shards written by `edropout-ray convert` (local or s3://), streamed by Ray Data, which needs Ray."""
-    from .cluster import connect
-    from .streaming import load_streaming
+    from ..distributed.cluster import connect
+    from ..data.streaming import load_streaming
 
     connect(config, address)
     data = load_streaming(config.data_dir, image_size=config.image_size or 224, channels=3,

@@ -15,13 +15,13 @@ import math
 import ray
 import torch
 
-from .config import Config
-from .engine import EDropoutEngine, StepRecord
+from ..config import Config
+from ..training.step import EDropoutEngine, StepRecord
 from .learner_actor import LearnerWorker, RemoteLearner
 from .liveness import Liveness
-from .models import ModelRecipe
+from ..models import ModelRecipe
 from .shard import ShardPool, ShardWorker, WeightsLost
-from .space import PruningSpace
+from ..pruning.space import PruningSpace
 
 
 class DistributedEngine(EDropoutEngine):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import ray
 
-from .errors import RunLostError
+from ..errors import RunLostError
 
 POLL_S = 1.0
 

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import ray
 import torch
 
 from .liveness import ActorLostError, Liveness
-from .models import ModelRecipe
-from .space import PruningSpace
+from ..models import ModelRecipe
+from ..pruning.space import PruningSpace
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def is_uri(location: str | os.PathLike) -> bool:

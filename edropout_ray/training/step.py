@@ -11,10 +11,10 @@ from typing import Callable
 
 import torch
 
-from .config import Config
+from ..config import Config
 from .learner import Learner
-from .population import Population, diversity, reference_operator, repair_empty_groups, round_kept_counts
-from .space import PruningSpace
+from ..evolution.population import Population, diversity, reference_operator, repair_empty_groups, round_kept_counts
+from ..pruning.space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # energies on the CPU
 

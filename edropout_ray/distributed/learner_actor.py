@@ -21,12 +21,12 @@ import numpy as np
 import ray
 import torch
 
-from .config import Config
-from .learner import Learner, StepResult
+from ..config import Config
+from ..training.learner import Learner, StepResult
 from .liveness import ActorLostError, Liveness
-from .models import ModelRecipe
+from ..models import ModelRecipe
 from .shard import ShardPool
-from .space import PruningSpace
+from ..pruning.space import PruningSpace
 
 log = logging.getLogger(__name__)
 

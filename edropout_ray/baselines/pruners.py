@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import Config
-from .engine import EDropoutEngine
-from .loop import TrainLoop
-from .setup import RunSetup, steps_per_epoch
-from .sizing import fit_to_parameters, parameters_fraction
-from .space import PruningSpace
+from ..config import Config
+from ..training.step import EDropoutEngine
+from ..training.loop import TrainLoop
+from ..training.run_setup import RunSetup, steps_per_epoch
+from ..pruning.sizing import fit_to_parameters, parameters_fraction
+from ..pruning.space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
 STRATEGIES = ("min", "min_layer", "max", "random", "random_layer")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .space import PruningSpace
+from ..pruning.space import PruningSpace
 
 
 @torch.no_grad()

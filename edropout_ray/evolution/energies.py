@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .imports import import_object
+from ..errors import ConfigError
+from ..imports import import_object
 
 Energy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .compact_training import CompactTraining, finite_loss
-from .config import Config
-from .space import PruningSpace
+from .at_size_training import CompactTraining, finite_loss
+from ..config import Config
+from ..pruning.space import PruningSpace
 
 
 def make_optimizer(params, config: Config) -> torch.optim.Optimizer:

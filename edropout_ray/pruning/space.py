@@ -23,8 +23,8 @@ from torch.func import functional_call, vmap
 
 from .at_size import CompactLayout, depthwise_convs, preferred_layout, probe_state, run_at_size
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
-from .energies import Energy, resolve_energy
-from .errors import NothingToPruneError, UnsupportedModelError
+from ..evolution.energies import Energy, resolve_energy
+from ..errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
 from .modes import eval_mode, scoring_mode
 from .removal import prune_physically

@@ -1,0 +1,1 @@
+"""The pruners EDropout is compared with: DropNet, L1 norms, random masks, sized to a target."""

@@ -1,0 +1,1 @@
+"""EDropout on Ray: population shards, the learner actor, the coordinator, liveness, joining a cluster."""

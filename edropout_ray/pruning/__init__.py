@@ -1,0 +1,1 @@
+"""What a state means for a model: units, coupled groups, masked and at-size forwards, physical removal."""
