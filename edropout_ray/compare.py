@@ -20,6 +20,9 @@ from .config import Config
 from .artifacts.plotting import png_figure
 
 BASELINES = {
+    # ablations: what EDropout's search adds (its first state frozen at once; its layer sizes, random units)
+    "edropout_no_search": {"method": "edropout", "search": False},
+    "fixed_random": {"method": "fixed_random"},
     "dropnet_min": {"method": "dropnet", "dropnet_strategy": "min"},
     "dropnet_min_layer": {"method": "dropnet", "dropnet_strategy": "min_layer"},
     "random": {"method": "random"},
@@ -55,8 +58,8 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
     edropout = dict(zip(seeds, ray.get([launch("edropout", s, {}) for s in seeds])))
     _progress(f"EDropout done for seeds {seeds}; running {', '.join(BASELINES)}")
     # held to the parameters (not only the units) that the same seed's EDropout kept
-    sizes = {s: {"prune_target": r["units_kept_fraction"], "prune_target_params": r["params_kept_fraction"]}
-             for s, r in edropout.items()}
+    sizes = {s: {"prune_target": r["units_kept_fraction"], "prune_target_params": r["params_kept_fraction"],
+                 "kept_per_group": r["kept_per_group"]} for s, r in edropout.items()}
     pending = {(name, s): launch(name, s, changes | sizes[s]) for name, changes in BASELINES.items() for s in seeds}
     reports = {("edropout", s): r for s, r in edropout.items()}
     reports |= dict(zip(pending, ray.get(list(pending.values()))))

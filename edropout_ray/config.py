@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 EXPORT_FORMATS = ("pt2", "onnx")
 _CHOICES = {
-    "method": ("edropout", "dropnet", "l1", "random"),
+    "method": ("edropout", "dropnet", "l1", "random", "fixed_random"),
     "dropnet_strategy": ("min", "min_layer", "max", "random", "random_layer"),
     "dropnet_reset": ("initial", "random"),
     "optimizer": ("adadelta", "sgd", "adam"),
@@ -58,6 +58,12 @@ class Config:
     converge_after: int | float | None = 0.5
     converge_patience: int = 10
     converge_diversity: float = 0.02
+    # schedule: dense steps first (a share of the run's steps), so the search starts on trained weights;
+    # the learner trains one of the `train_top` lowest-energy states (1 = the best); search: false freezes
+    # the energy-best initial state at the first step after the warm-up (the no-search ablation)
+    dense_warmup: float = 0.0
+    train_top: int = 1
+    search: bool = True
     # learner
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -84,6 +90,7 @@ class Config:
     dropnet_reset: str = "initial"
     dropnet_patience: int = 5
     l1_per_layer: bool = True
+    kept_per_group: list[int] | None = None  # fixed_random: units kept per coupled group (compare: EDropout's)
     # distributed runtime (shards = 0: one process; N: N shard actors and a learner actor on Ray)
     shards: int = 0
     overlap: bool = False
@@ -141,6 +148,13 @@ class Config:
              f"{self.prune_target_params}")
         need(0 < self.dropnet_fraction < 1, f"dropnet_fraction must be in (0, 1), got {self.dropnet_fraction}")
         need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
+        need(0 <= self.dense_warmup < 1, f"dense_warmup (share of the run's steps trained dense first) must be in "
+             f"[0, 1), got {self.dense_warmup}")
+        need(1 <= self.train_top <= self.population_size,
+             f"train_top must be in [1, population_size={self.population_size}], got {self.train_top}")
+        need(self.method != "fixed_random" or bool(self.kept_per_group),
+             "method fixed_random needs kept_per_group (units kept per coupled group, e.g. from an EDropout run's "
+             "final mask; edropout-ray compare fills it in)")
         need(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
         need(self.converge_after is None or (isinstance(self.converge_after, int) and self.converge_after >= 0)
              or 0 < self.converge_after < 1,

@@ -19,6 +19,7 @@ from .artifacts import checkpoint, history
 from .baselines.pruners import run_baseline
 from .config import Config
 from .training.step import EDropoutEngine
+from .evolution.population import kept_per_group
 from .errors import CheckpointError, ConfigError, RunLostError
 from .pruning.evaluation import evaluate
 from .training.loop import TrainLoop
@@ -120,6 +121,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     report["wall_seconds"] = time.perf_counter() - started
     report["shards"] = config.shards
     report["freeze_reason"] = freeze_reason
+    report["kept_per_group"] = kept_per_group(final_mask.cpu(), space.group_sizes).tolist()
     write_report(report, output)
     return report
 

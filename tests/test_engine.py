@@ -174,3 +174,53 @@ def test_default_selection_keeps_accepting_until_it_converges():
     before = [r for r in records if r.epoch == frozen_at.epoch - 1]
     assert sum(r.accepted for r in before) > 0, "selection still accepted children in the epoch before the freeze"
     assert engine.freeze_reason is not None
+
+
+def test_dense_warmup_trains_every_unit_before_the_population_starts(digits_batch):
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, dense_warmup=0.5), x)
+    engine.plan(total_steps=6)
+    calls = []
+    inner = engine.scorer
+    engine.scorer = lambda states, xb, yb: calls.append(len(states)) or inner(states, xb, yb)
+    records = [engine.step(x, y, epoch=0) for _ in range(6)]
+    assert [r.kept_fraction for r in records[:3]] == [1.0] * 3 and calls[:1] == [16]
+    assert len(calls) == 3 and all(r.kept_fraction < 1 for r in records[3:])  # scored only after the warm-up
+    assert all(r.best_energy != r.best_energy for r in records[:3])  # nan: no energies yet
+
+
+def test_no_search_freezes_the_energy_best_initial_state(digits_batch):
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, search=False), x)
+    initial = engine.population.states.clone()
+    energies = engine.space.score(initial, x, y, energy="margin", kappa=10.0)
+    record = engine.step(x, y, epoch=0)
+    assert engine.frozen and record.accepted == 0
+    assert torch.equal(engine.final_mask, initial[int(torch.argmin(energies))])
+    engine.step(x, y, epoch=0)
+    assert torch.equal(engine.population.states, initial)  # nothing evolves afterwards
+
+
+def test_train_top_draws_the_learners_state_from_the_best_few(digits_batch):
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, train_top=3), x)
+    trained = []
+    inner = engine.learner.step
+    engine.learner.step = lambda state, xb, yb: trained.append(state.clone()) or inner(state, xb, yb)
+    for _ in range(6):
+        engine.step(x, y, epoch=0)
+        best_three = engine.population.states[torch.argsort(engine.population.energies, stable=True)[:3]]
+        assert any(torch.equal(trained[-1], s) for s in best_three)
+    assert len({tuple(s.tolist()) for s in trained}) > 1
+
+
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_prune_target_params_holds_every_state_to_the_size(digits_batch, target):
+    from edropout_ray.pruning.sizing import parameters_fraction
+
+    x, y = digits_batch
+    engine = make_engine(Config(seed=0, prune_target_params=target), x)
+    for _ in range(4):
+        engine.step(x, y, epoch=0)
+        for state in engine.population.states:
+            assert abs(parameters_fraction(engine.space, state) - target) < 0.02

@@ -117,3 +117,21 @@ def test_rounding_keeps_a_multiple_of_the_block_in_every_larger_group():
         assert (changed.sum(dim=1) == (kept - before).abs()).all(), "only as many units flip as needed"
     assert torch.equal(rounded[:, 84:], states[:, 84:])
     assert torch.equal(round_kept_counts(states, sizes, 1, generator), states)
+
+
+def test_set_kept_counts_keeps_exactly_the_counts_and_the_kept_units_it_can():
+    from edropout_ray.evolution.population import kept_per_group, set_kept_counts
+
+    generator = torch.Generator().manual_seed(0)
+    sizes = [4, 10, 6]
+    states = torch.rand(5, 20, generator=generator) < 0.5
+    counts = torch.tensor([1, 7, 6])
+    fixed = set_kept_counts(states, sizes, counts, generator)
+    for before, after in zip(states, fixed):
+        assert torch.equal(kept_per_group(after, sizes), counts)
+        for b, a, count in zip(before.split(sizes), after.split(sizes), counts.tolist()):
+            # only what the count forces changes: all of a smaller set stays, a larger one only loses units
+            if int(b.sum()) <= count:
+                assert bool(a[b].all())
+            else:
+                assert not bool(a[~b].any())

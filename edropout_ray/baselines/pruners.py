@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
+from ..errors import ConfigError
+from ..evolution.population import set_kept_counts
 from ..training.step import EDropoutEngine
 from ..training.loop import TrainLoop
 from ..training.run_setup import RunSetup, steps_per_epoch
@@ -196,8 +198,24 @@ def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, criterion: 
     return PrunedRun(state, rows + fine_tune)
 
 
+def run_fixed_random(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
+    """A random state keeping `kept_per_group` units of each coupled group, trained at its size for the
+    whole budget: EDropout's layer sizes without its choice of units (an ablation of the search)."""
+    counts = torch.tensor(config.kept_per_group)
+    if len(counts) != len(space.group_sizes):
+        raise ConfigError(f"kept_per_group has {len(counts)} counts but the model has {len(space.group_sizes)} "
+                          "coupled groups; take them from a run of the same model (report.json: kept_per_group)")
+    generator = torch.Generator().manual_seed(config.seed)
+    none_kept = torch.zeros(1, space.num_units, dtype=torch.bool)
+    state = set_kept_counts(none_kept, space.group_sizes, counts, generator)[0]
+    rows, _ = _train(space, config, setup, state, _budget(setup), None, "fixed")
+    return PrunedRun(state, rows)
+
+
 def run_baseline(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
     """Dispatch on `config.method` (anything but 'edropout')."""
     if config.method == "dropnet":
         return run_dropnet(space, config, setup)
+    if config.method == "fixed_random":
+        return run_fixed_random(space, config, setup)
     return run_ranked(space, config, setup, criterion=config.method)

@@ -44,10 +44,10 @@ class DistributedEngine(EDropoutEngine):
             return super().step(x, y, epoch)
         # The shards score these children while the learner's previous step runs on its actor, so
         # with the weights from before that step; they get the newer weights only afterwards.
-        accepted = 0 if self.frozen else self.evolve(x, y)
+        accepted = self.search(x, y)
         self._collect_pending()
         self.learner.publish_if_due()
-        state = self.best_state
+        state = self.training_state()
         future = self.learner.step_async(state, x, y)
         self.step_count += 1
         record = self._record(epoch, state, accepted, loss=math.nan, accuracy=math.nan)

@@ -101,15 +101,41 @@ def round_kept_counts(states: torch.Tensor, group_sizes: list[int], multiple: in
             block = states[:, start:start + size]
             kept = block.sum(dim=1, keepdim=True)
             target = (torch.div(kept + multiple // 2, multiple, rounding_mode="floor") * multiple).clamp(multiple, size)
-            keys = torch.rand(block.shape, generator=generator)
-            # rank the units that may flip (off ones to add, on ones to drop) in a random order
-            add_rank = torch.where(block, math.inf, keys).argsort(dim=1).argsort(dim=1)
-            drop_rank = torch.where(block, keys, math.inf).argsort(dim=1).argsort(dim=1)
-            block |= add_rank < (target - kept).clamp(min=0)
-            block &= ~(drop_rank < (kept - target).clamp(min=0))
-            states[:, start:start + size] = block
+            states[:, start:start + size] = _flip_to_count(block, target, generator)
         start += size
     return states
+
+
+def set_kept_counts(states: torch.Tensor, group_sizes: list[int], counts: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Make every state keep exactly `counts[g]` units of group g, turning random units on or off:
+    which units survive stays the search's choice, how many is the caller's."""
+    states = states.clone()
+    start = 0
+    for size, count in zip(group_sizes, counts.tolist()):
+        block = states[:, start:start + size]
+        target = torch.full((states.shape[0], 1), min(max(int(count), 1), size))
+        states[:, start:start + size] = _flip_to_count(block, target, generator)
+        start += size
+    return states
+
+
+def _flip_to_count(block: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`block` [S, size] with random units turned on or off until row i keeps target[i] units."""
+    block = block.clone()
+    kept = block.sum(dim=1, keepdim=True)
+    keys = torch.rand(block.shape, generator=generator)
+    # rank the units that may flip (off ones to add, on ones to drop) in a random order
+    add_rank = torch.where(block, math.inf, keys).argsort(dim=1).argsort(dim=1)
+    drop_rank = torch.where(block, keys, math.inf).argsort(dim=1).argsort(dim=1)
+    block |= add_rank < (target - kept).clamp(min=0)
+    block &= ~(drop_rank < (kept - target).clamp(min=0))
+    return block
+
+
+def kept_per_group(state: torch.Tensor, group_sizes: list[int]) -> torch.Tensor:
+    """How many units of each group `state` keeps."""
+    return torch.stack([block.sum() for block in state.split(group_sizes)])
 
 
 @dataclass

@@ -41,3 +41,48 @@ def fit_to_parameters(space: PruningSpace, state_for: Callable[[float], torch.Te
         else:
             low = middle
     return best
+
+
+def counts_for_parameters(space: PruningSpace, target: float, multiple: int = 1) -> torch.Tensor:
+    """Units to keep per group so that a state keeps `target` of the parameters.
+
+    First the same fraction of every group (a multiple of `multiple` where the group is larger),
+    bisected on that fraction; then single moves of `multiple` units (then of one unit, where blocks
+    of `multiple` cannot reach the target) in whichever group brings the size closest. Which units
+    does not matter for the count: the units of a group control slices of equal size.
+    """
+    sizes = torch.tensor(space.group_sizes)
+
+    def state_of(counts: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.arange(int(size)) < count for size, count in zip(sizes, counts)])
+
+    def uniform(fraction: float) -> torch.Tensor:
+        exact = fraction * sizes
+        large = sizes > multiple
+        rounded = torch.where(large, (torch.round(exact / multiple) * multiple).clamp(min=multiple), torch.round(exact))
+        return rounded.clamp(min=1).minimum(sizes).long()
+
+    state = fit_to_parameters(space, lambda f: state_of(uniform(f)), target)
+    counts = torch.stack([block.sum() for block in state.split(space.group_sizes)])
+    for step in dict.fromkeys((multiple, 1)):
+        counts = _closer_by_moves(space, counts, sizes, step, target, state_of)
+    return counts
+
+
+def _closer_by_moves(space, counts, sizes, step, target, state_of) -> torch.Tensor:
+    """Greedy: move one group's count by +-step while that brings the parameter fraction closer."""
+    gap = abs(parameters_fraction(space, state_of(counts)) - target)
+    while True:
+        best = None
+        for g in range(len(counts)):
+            for delta in (step, -step):
+                moved = counts.clone()
+                moved[g] += delta
+                if not 1 <= int(moved[g]) <= int(sizes[g]):
+                    continue
+                moved_gap = abs(parameters_fraction(space, state_of(moved)) - target)
+                if moved_gap < gap - 1e-9 and (best is None or moved_gap < best[0]):
+                    best = (moved_gap, moved)
+        if best is None:
+            return counts
+        gap, counts = best

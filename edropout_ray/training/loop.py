@@ -53,6 +53,8 @@ class TrainLoop:
         self.best_val_loss, self.epochs_without_gain = math.inf, 0
         self.loader_state: torch.Tensor | None = None
         self._resume_rng: torch.Tensor | None = None
+        if self.evolve:
+            engine.plan(self.epochs * self.epoch_steps)
 
     @property
     def evolve(self) -> bool:

@@ -6,6 +6,7 @@ vectorized score; on Ray it scatters the states over shard actors. Same step, tw
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,7 +14,9 @@ import torch
 
 from ..config import Config
 from .learner import Learner
-from ..evolution.population import Population, diversity, reference_operator, repair_empty_groups, round_kept_counts
+from ..evolution.population import (Population, diversity, reference_operator, repair_empty_groups,
+                                    round_kept_counts, set_kept_counts)
+from ..pruning.sizing import counts_for_parameters
 from ..pruning.space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # energies on the CPU
@@ -42,8 +45,10 @@ class EDropoutEngine:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.population = Population.initial(config.population_size, space.num_units, config.p_init,
                                              space.group_sizes, self.generator)
-        self.population.states = round_kept_counts(self.population.states, space.group_sizes,
-                                                   config.channel_multiple, self.generator)
+        # prune_target_params: every state keeps the same number of units per group, the search picks which
+        self.kept_counts = counts_for_parameters(space, config.prune_target_params, config.channel_multiple) \
+            if config.prune_target_params and config.method == "edropout" else None
+        self.population.states = self._sized(self.population.states)
         self.learner = learner or Learner(space, config)
         self.scorer = scorer or self.local_scorer
         self.final_mask: torch.Tensor | None = None
@@ -51,6 +56,22 @@ class EDropoutEngine:
         self.best_unchanged = 0  # steps for which the best state has stayed the same
         self.freeze_reason: str | None = None
         self.step_count = 0
+        self.warmup_steps = 0  # dense steps before the population starts (set by plan())
+        self.all_kept = torch.ones(space.num_units, dtype=torch.bool)
+
+    def plan(self, total_steps: int) -> None:
+        """The run's length in steps, known to the loop: `dense_warmup` is a share of it."""
+        self.warmup_steps = round(self.config.dense_warmup * total_steps)
+
+    @property
+    def warming_up(self) -> bool:
+        """Dense steps first, so the population is scored on trained weights, not on an initialization."""
+        return self.step_count < self.warmup_steps
+
+    def _sized(self, states: torch.Tensor) -> torch.Tensor:
+        if self.kept_counts is not None:
+            return set_kept_counts(states, self.space.group_sizes, self.kept_counts, self.generator)
+        return round_kept_counts(states, self.space.group_sizes, self.config.channel_multiple, self.generator)
 
     def local_scorer(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.learner.sync()  # the learner may hold its latest weights at the state's size
@@ -69,7 +90,7 @@ class EDropoutEngine:
         children = reference_operator(self.population.states, self.config.mutation_factor,
                                       self.config.crossover_rate, self.generator)
         children = repair_empty_groups(children, self.space.group_sizes, self.generator)
-        return round_kept_counts(children, self.space.group_sizes, self.config.channel_multiple, self.generator)
+        return self._sized(children)
 
     def evolve(self, x: torch.Tensor, y: torch.Tensor) -> int:
         """One generation on this batch; returns how many children were accepted.
@@ -93,9 +114,32 @@ class EDropoutEngine:
         accepted = self.population.select(children, child_energies, self.config.temperature, self.generator)
         return int(accepted.sum())
 
+    def search(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        """This step's part of the search: nothing while warming up or frozen; with `search: false`,
+        the energy-best initial state frozen at once (the ablation); else one generation."""
+        if self.frozen or self.warming_up:
+            return 0
+        if not self.config.search:
+            self.population.energies = self.scorer(self.population.states, x, y).float()
+            self.final_mask = self.population.best_state.clone()
+            self.freeze_reason = "search is off: the energy-best initial state"
+            return 0
+        return self.evolve(x, y)
+
+    def training_state(self) -> torch.Tensor:
+        """The state the learner trains this step: all units while warming up, the final mask once
+        frozen, else one of the `train_top` lowest-energy states (1: the best, as in the paper)."""
+        if self.warming_up:
+            return self.all_kept
+        if self.frozen or self.config.train_top == 1:
+            return self.best_state
+        ranked = torch.argsort(self.population.energies, stable=True)[:self.config.train_top]
+        pick = torch.randint(len(ranked), (1,), generator=self.generator)
+        return self.population.states[ranked[pick]].squeeze(0)
+
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
-        accepted = 0 if self.frozen else self.evolve(x, y)
-        state = self.best_state
+        accepted = self.search(x, y)
+        state = self.training_state()
         result = self.learner.step(state, x, y)
         self.step_count += 1
         record = self._record(epoch, state, accepted, result.loss, result.accuracy)
@@ -104,7 +148,7 @@ class EDropoutEngine:
 
     def _record(self, epoch: int, state: torch.Tensor, accepted: int, loss: float, accuracy: float) -> StepRecord:
         """The history row of the step just taken with `state`."""
-        energies = self.population.energies
+        energies = self.population.energies if self.population.scored else torch.full((1,), math.nan)
         return StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
                           mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
                           accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen,
@@ -117,7 +161,7 @@ class EDropoutEngine:
         stalled selection also keeps unchanged. With parents scored on the children's batch
         ('paired', 'rescore') a state that stays best is one no child beat on fresh batches; under
         the reference's stale energies a stall still looks like convergence."""
-        if self.frozen or self.config.converge_epoch is None:
+        if self.frozen or not self.population.scored or self.config.converge_epoch is None:
             return
         best = self.population.best_state
         same = self.previous_best is not None and torch.equal(best, self.previous_best)
