@@ -14,6 +14,9 @@ import torch
 TORCHVISION_TESTED = ("resnet18", "resnet50", "alexnet", "squeezenet1_1", "vgg11_bn", "mobilenet_v2",
                       "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny", "shufflenet_v2_x0_5")
 
+# The project's own models (models.py); small_cnn, mlp and resnet20 are among tests/conftest.py's MODELS.
+BUILT_IN = ("small_cnn", "mlp", "lenet5", "resnet20")
+
 # One small variant per timm family, checked the same way; the README gives the measured count.
 TIMM_FAMILIES = {
     "ResNet-T": "resnet10t",
@@ -56,7 +59,8 @@ def listing() -> str:
              "  " + ", ".join(TORCHVISION_TESTED),
              "timm models (model: timm:<name>; pip install 'edropout_ray[timm]'); one model per family tested:"]
     lines += [f"  {family:<20} timm:{name}" for family, name in TIMM_FAMILIES.items()]
-    lines += ["your own: model: package.module:callable returning an nn.Module",
+    lines += ["built in (model: edropout_ray.models:<name>): " + ", ".join(BUILT_IN),
+              "your own: model: package.module:callable returning an nn.Module",
               "check any of them: edropout-ray models --check NAME [--image-size 64]"]
     return "\n".join(lines)
 

@@ -27,6 +27,9 @@ BASELINES = {
     "dropnet_min_layer": {"method": "dropnet", "dropnet_strategy": "min_layer"},
     "random": {"method": "random"},
     "l1": {"method": "l1"},
+    "tp_group_norm": {"method": "tp_group_norm"},  # Torch-Pruning's pipelines (baselines/torch_pruning.py)
+    "tp_magnitude": {"method": "tp_magnitude"},
+    "tp_taylor": {"method": "tp_taylor"},
 }
 METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_kept_fraction", "wall_seconds")
 

@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 EXPORT_FORMATS = ("pt2", "onnx")
 _CHOICES = {
-    "method": ("edropout", "dropnet", "l1", "random", "fixed_random"),
+    "method": ("edropout", "dropnet", "l1", "random", "fixed_random", "tp_group_norm", "tp_magnitude", "tp_taylor"),
     "dropnet_strategy": ("min", "min_layer", "max", "random", "random_layer"),
     "dropnet_reset": ("initial", "random"),
     "optimizer": ("adadelta", "sgd", "adam"),

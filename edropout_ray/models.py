@@ -1,6 +1,7 @@
 """Models by name: a torchvision architecture, `timm:<name>`, or any `package.module:callable`.
 
-Also two small built-in architectures for the embedded digits data set and for tests.
+Also small built-in architectures: for the embedded digits data set, for tests, and ResNet-20 for
+small images.
 """
 
 from __future__ import annotations
@@ -51,6 +52,57 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) ->
         nn.Conv2d(20, 50, 5, bias=False), nn.BatchNorm2d(50), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(50 * side * side, 500), nn.ReLU(inplace=True), nn.Linear(500, num_classes),
     )
+
+
+class _BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm; a 1x1 conv and BatchNorm on the shortcut where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """CIFAR-style ResNet-20 (He et al. 2016, section 4.2): a 3x3 stem, 3 stages of 3 basic blocks
+    of widths 16/32/64 (the last two halving the resolution), global average pooling, a linear head."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        stages, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            stages.append(nn.Sequential(*[_BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                                          for i in range(blocks)]))
+            cin = cout
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-20 for small images (32x32 CIFAR, 28x28 MNIST-like: 28 -> 14 -> 7 before pooling),
+    with option-B shortcuts (1x1 projections where the width or resolution changes); 0.27M parameters."""
+    return ResNet20(num_classes=num_classes, in_channels=in_channels)
 
 
 TIMM_PREFIX = "timm:"

@@ -17,6 +17,7 @@ import torch
 
 from .artifacts import checkpoint, history
 from .baselines.pruners import run_baseline
+from .baselines.torch_pruning import METHODS as TP_METHODS, run_torch_pruning
 from .config import Config
 from .training.step import EDropoutEngine
 from .evolution.population import kept_per_group
@@ -97,7 +98,8 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
         if payload is not None or config.shards:
             raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
                               "and shards")
-        pruned = run_baseline(space, config, setup)
+        pruned = run_torch_pruning(space, config, setup) if config.method in TP_METHODS else \
+            run_baseline(space, config, setup)
         final_mask, step_rows, epoch_rows, freeze_reason = pruned.state, [], pruned.epoch_rows, None
     edropout_seconds = time.perf_counter() - started
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from edropout_ray.models import mlp, small_cnn
+from edropout_ray.models import mlp, resnet20, small_cnn
 from edropout_ray.evolution.population import repair_empty_groups
 from edropout_ray.pruning.space import PruningSpace
 
@@ -22,6 +22,7 @@ MODELS = {
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),
     "small_cnn": (lambda: small_cnn(num_classes=10, in_channels=1), (1, 8, 8)),
     "mlp": (lambda: mlp(num_classes=10, in_channels=1, image_size=8), (1, 8, 8)),
+    "resnet20": (lambda: resnet20(num_classes=10, in_channels=1), (1, 28, 28)),  # residual, 28x28 gray
 }
 
 

@@ -16,7 +16,7 @@ from edropout_ray.pruning.space import PruningSpace
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_cnn", "mlp"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "small_cnn", "mlp", "resnet20"])
 def test_training_at_size_equals_masked_training(name, optimizer):
     """Same loss, weights and optimizer state after every step (float64), across changes of the state:
     each change writes the trained slices back and gathers the new state's."""

@@ -103,6 +103,7 @@ def test_models_lists_what_can_be_pruned(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "resnext50_32x4d" in out and "timm:convnext_atto" in out and "package.module:callable" in out
+    assert "resnet20" in out
 
 
 def test_models_check_builds_the_model_and_its_export(capsys):

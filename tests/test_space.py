@@ -149,6 +149,17 @@ def test_residual_coupling_is_one_group():
     assert not any("layer1.0.bn2" in g.layers for g in space.groups if g is not stem)
 
 
+def test_resnet20_couples_each_stage_through_its_additions_and_runs_at_size():
+    """ResNet-20 (option-B shortcuts): one group per stage's residual stream, one per block's inner conv."""
+    space = space_of("resnet20")
+    assert space.group_sizes.count(16) == 4 and space.group_sizes.count(32) == 4 and space.group_sizes.count(64) == 4
+    stem = next(g for g in space.groups if g.root == "conv1")
+    assert {"bn1", "layer1.0.bn2", "layer1.2.bn2", "layer2.0.conv1", "layer2.0.shortcut.0"} <= set(stem.layers)
+    stage2 = next(g for g in space.groups if "layer2.0.bn2" in g.layers)
+    assert {"layer2.0.shortcut.1", "layer2.2.bn2", "layer3.0.conv1", "layer3.0.shortcut.0"} <= set(stage2.layers)
+    assert not space.skipped and space.at_size_supported
+
+
 def test_output_layer_found_by_graph_not_type():
     """SqueezeNet's classifier is a Conv2d: its channels are outputs and must not be units."""
     space = space_of("squeezenet1_1")

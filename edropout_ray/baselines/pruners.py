@@ -18,6 +18,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..evolution.population import set_kept_counts
 from ..training.step import EDropoutEngine
+from ..training.learner import Learner
 from ..training.loop import TrainLoop
 from ..training.run_setup import RunSetup, steps_per_epoch
 from ..pruning.sizing import fit_to_parameters, parameters_fraction
@@ -73,15 +74,17 @@ class PrunedRun:
 
 
 def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Tensor, steps: int,
-           patience: int | None, label: str) -> tuple[list[dict], int]:
+           patience: int | None, label: str, after_backward=None) -> tuple[list[dict], int]:
     """One phase of at most `steps` steps: the kept units of a fixed state trained by the shared loop.
 
     A fresh optimizer and learning-rate schedule per phase, the schedule spanning the phase's own
     epochs (a cosine schedule anneals within each phase, as when fine-tuning). Returns the epoch
-    rows and the steps taken (fewer when early stopping ends the phase).
+    rows and the steps taken (fewer when early stopping ends the phase). `after_backward`: the
+    learner's hook between backward and step (a sparsity regularizer), None for plain training.
     """
     epochs, epoch_steps = _phase_epochs(steps, steps_per_epoch(setup))
-    engine = EDropoutEngine(space, config.replace(epochs=epochs))
+    phase = config.replace(epochs=epochs)
+    engine = EDropoutEngine(space, phase, learner=Learner(space, phase, after_backward=after_backward))
     loop = TrainLoop(engine, setup, f"{config.method} {label}", state=state, epochs=epochs, epoch_steps=epoch_steps,
                      patience=patience)
     loop.run(progress=False)

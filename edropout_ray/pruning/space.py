@@ -49,6 +49,10 @@ class UnitGroup:
         unit_of = self.unit_of_channel or range(self.size)
         return [channel for channel, unit in enumerate(unit_of) if not bits[unit]]
 
+    def units_of_channels(self) -> list[int]:
+        """The state bit of each of the root's output channels, in Torch-Pruning's root index order."""
+        return [self.start + unit for unit in (self.unit_of_channel or range(self.size))]
+
 
 @dataclass(frozen=True)
 class _SliceIndex:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -47,14 +48,18 @@ class StepResult:
 class Learner:
     """Owns the weights' optimizer and learning-rate schedule for one PruningSpace."""
 
-    def __init__(self, space: PruningSpace, config: Config):
+    def __init__(self, space: PruningSpace, config: Config,
+                 after_backward: Callable[[torch.nn.Module], None] | None = None):
         self.space = space
         self.model = space.model
         self.optimizer = make_optimizer(self.model.parameters(), config)
         self.scheduler = make_schedule(self.optimizer, config)
         self._cached_state: torch.Tensor | None = None
         self._cached_masks: dict[str, torch.Tensor] = {}
-        self.at_size = config.train_at_size and space.at_size_supported
+        # called with the model between backward and the optimizer's step, its parameters' .grad filled
+        # (a sparsity regularizer adds to them); it needs the dense model's gradients, so steps are masked
+        self.after_backward = after_backward
+        self.at_size = config.train_at_size and space.at_size_supported and after_backward is None
         self._compact: CompactTraining | None = None  # the state trained at size, while it stays the same
 
     def _pruned_masks(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,6 +86,8 @@ class Learner:
         loss = finite_loss(logits, y, buffers, self.lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.after_backward is not None:
+            self.after_backward(self.model)
         self.optimizer.step()
         self._restore(tensors, pruned, saved, saved_optim)
         accuracy = (logits.detach().argmax(dim=1) == y).float().mean().item()
