@@ -24,6 +24,7 @@ _CHOICES = {
     "lr_schedule": ("cosine", "step"),
     "scoring": ("auto", "loop", "vmap", "at_size"),
     "device": ("auto", "cpu", "cuda"),
+    "layer_widths": ("uniform", "searched"),
 }
 
 
@@ -64,6 +65,9 @@ class Config:
     dense_warmup: float = 0.0
     train_top: int = 1
     search: bool = True
+    # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
+    # search also picks each group's width, every state brought to the target (searched)
+    layer_widths: str = "uniform"
     # learner
     optimizer: str = "sgd"
     lr: float = 0.05

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.slow
-METHODS = {"edropout", "dropnet_min", "dropnet_min_layer", "random", "l1", "tp_group_norm", "tp_magnitude", "tp_taylor"}
+METHODS = {"edropout", "edropout_no_search", "fixed_random", "dropnet_min", "dropnet_min_layer", "random", "l1", "tp_group_norm", "tp_magnitude", "tp_taylor"}
 
 
 @pytest.fixture(scope="module")

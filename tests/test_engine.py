@@ -215,12 +215,17 @@ def test_train_top_draws_the_learners_state_from_the_best_few(digits_batch):
 
 
 @pytest.mark.parametrize("target", [0.5, 0.25])
-def test_prune_target_params_holds_every_state_to_the_size(digits_batch, target):
+@pytest.mark.parametrize("widths", ["uniform", "searched"])
+def test_prune_target_params_holds_every_state_to_the_size(digits_batch, target, widths):
+    from edropout_ray.evolution.population import kept_per_group
     from edropout_ray.pruning.sizing import parameters_fraction
 
     x, y = digits_batch
-    engine = make_engine(Config(seed=0, prune_target_params=target), x)
+    engine = make_engine(Config(seed=0, prune_target_params=target, layer_widths=widths), x)
+    widths_seen = set()
     for _ in range(4):
         engine.step(x, y, epoch=0)
         for state in engine.population.states:
             assert abs(parameters_fraction(engine.space, state) - target) < 0.02
+            widths_seen.add(tuple(kept_per_group(state, engine.space.group_sizes).tolist()))
+    assert (len(widths_seen) == 1) == (widths == "uniform")  # searched: states differ in their layers' widths

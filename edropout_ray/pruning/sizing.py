@@ -86,3 +86,35 @@ def _closer_by_moves(space, counts, sizes, step, target, state_of) -> torch.Tens
         if best is None:
             return counts
         gap, counts = best
+
+
+def fit_states_to_parameters(space: PruningSpace, states: torch.Tensor, target: float,
+                             generator: torch.Generator) -> torch.Tensor:
+    """Each state [S, U] brought to the size closest to `target` of the parameters by dropping its kept
+    units in a random order (or adding pruned ones in a random order), so the layer widths a state
+    chose shrink or grow together and the search keeps choosing them. One unit of every group is
+    kept first, so no layer is emptied.
+    """
+    count, units = states.shape
+    keys = torch.rand(count, units, generator=generator) + (~states).float()  # kept units in [0, 1), pruned in [1, 2)
+    start = 0
+    for size in space.group_sizes:  # each group's first unit in the order goes to the front
+        block = keys[:, start:start + size]
+        block.scatter_(1, block.argmin(dim=1, keepdim=True), -1.0)
+        start += size
+    rank = keys.argsort(dim=1).argsort(dim=1)  # a unit's place in its state's order
+    goal = target * float(space.kept_parameters_of(torch.ones(1, units, dtype=torch.bool))[0])
+
+    def params(prefix: torch.Tensor) -> torch.Tensor:
+        return space.kept_parameters_of(rank < prefix.unsqueeze(1)).double()
+
+    low = torch.full((count,), len(space.group_sizes))
+    high = torch.full((count,), units)
+    while bool((low < high).any()):  # the shortest prefix that reaches the goal
+        middle = (low + high) // 2
+        enough = params(middle) >= goal
+        high = torch.where(enough & (low < high), middle, high)
+        low = torch.where(~enough & (low < high), middle + 1, low)
+    shorter = (high - 1).clamp(min=len(space.group_sizes))
+    closer = (params(shorter) - goal).abs() < (params(high) - goal).abs()
+    return rank < torch.where(closer, shorter, high).unsqueeze(1)

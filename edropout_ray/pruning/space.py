@@ -251,9 +251,27 @@ class PruningSpace:
 
     def kept_parameters(self, state: torch.Tensor) -> int:
         """Trainable parameters the exported model of `state` has, counted without exporting it."""
-        keep = self.keep_masks(state)
-        return sum(int(keep[name].sum()) if name in keep else p.numel()
-                   for name, p in self.model.named_parameters() if p.requires_grad)
+        return int(self.kept_parameters_of(state.unsqueeze(0))[0])
+
+    def kept_parameters_of(self, states: torch.Tensor) -> torch.Tensor:
+        """Trainable parameters kept by each of `states` [S, U], as int64 [S]: a tensor's kept entries
+        are its kept slices along dim 0 times those along dim 1 (its mask is their outer product)."""
+        states = self._check_states(states).cpu()
+        extended = torch.cat([states.long(), torch.ones(states.shape[0], 1, dtype=torch.long)], dim=1)
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        sliced = {e.name: e for e in self._slices if e.name in params}
+        total = torch.zeros(states.shape[0], dtype=torch.long)
+        for name, param in params.items():
+            entry = sliced.get(name)
+            if entry is None:
+                total += param.numel()
+                continue
+            kept = torch.full((states.shape[0],), param.numel(), dtype=torch.long)
+            for dim, index in ((0, entry.out_index), (1, entry.in_index)):
+                if index is not None:
+                    kept = kept // param.shape[dim] * extended[:, index.cpu()].sum(dim=1)
+            total += kept
+        return total
 
     # ---- forwards --------------------------------------------------------------------------
     def masked_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ..config import Config
 from .learner import Learner
 from ..evolution.population import (Population, diversity, reference_operator, repair_empty_groups,
                                     round_kept_counts, set_kept_counts)
-from ..pruning.sizing import counts_for_parameters
+from ..pruning.sizing import counts_for_parameters, fit_states_to_parameters
 from ..pruning.space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # energies on the CPU
@@ -46,8 +46,9 @@ class EDropoutEngine:
         self.population = Population.initial(config.population_size, space.num_units, config.p_init,
                                              space.group_sizes, self.generator)
         # prune_target_params: every state keeps the same number of units per group, the search picks which
-        self.kept_counts = counts_for_parameters(space, config.prune_target_params, config.channel_multiple) \
-            if config.prune_target_params and config.method == "edropout" else None
+        self.target = config.prune_target_params if config.method == "edropout" else None
+        self.kept_counts = counts_for_parameters(space, self.target, config.channel_multiple) \
+            if self.target and config.layer_widths == "uniform" else None
         self.population.states = self._sized(self.population.states)
         self.learner = learner or Learner(space, config)
         self.scorer = scorer or self.local_scorer
@@ -69,6 +70,8 @@ class EDropoutEngine:
         return self.step_count < self.warmup_steps
 
     def _sized(self, states: torch.Tensor) -> torch.Tensor:
+        if self.target and self.kept_counts is None:  # widths searched; not rounded to channel_multiple
+            return fit_states_to_parameters(self.space, states, self.target, self.generator)
         if self.kept_counts is not None:
             return set_kept_counts(states, self.space.group_sizes, self.kept_counts, self.generator)
         return round_kept_counts(states, self.space.group_sizes, self.config.channel_multiple, self.generator)
