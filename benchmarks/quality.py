@@ -1,12 +1,17 @@
-"""Pruning quality at equal size: EDropout against DropNet, L1, random and dense, from one run.
+"""Pruning quality at equal size and equal steps: every method on several models, sizes and seeds.
 
-Runs `edropout-ray compare` with a committed config (default: jobs/compare_fashion.yaml, the
-paper's Fashion-MNIST read from Debian's dataset-fashion-mnist), then prints per method: top-1
-(mean and std over seeds), the drop against the dense network trained for the same steps, the
-parameters kept, and EDropout's children accepted per epoch (what shows that selection keeps
-evolving until the mask freezes).
+For each model and size, `edropout-ray compare` runs EDropout held to `prune_target_params`, its two
+ablations (no search: the energy-best initial state frozen at once; fixed_random: EDropout's layer
+widths with random units) and the baselines (random, L1, Torch-Pruning's group-norm sparse training,
+iterative magnitude and Taylor pruning), each held to the parameters EDropout kept and given the same
+steps; the dense network trains for the same steps once per model and seed. Fashion-MNIST as Debian
+ships it (`apt-get install dataset-fashion-mnist`).
 
-    .venv/bin/python benchmarks/quality.py [--config jobs/compare_fashion.yaml] [--seeds 0,1,2]
+    .venv/bin/python benchmarks/quality.py [--models small_cnn,lenet5,resnet20] [--sizes 0.5,0.25]
+        [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--set key=value ...]
+
+Prints one table (top-1 mean ± std over seeds, the drop against dense, parameters kept) and writes
+it with every run's numbers to benchmarks/results/quality_matrix.{md,json} (--results to change).
 """
 
 from __future__ import annotations
@@ -16,45 +21,72 @@ import json
 import time
 from pathlib import Path
 
-from edropout_ray.compare import compare
+from edropout_ray.compare import BASELINES, compare
 from edropout_ray.config import load_config
-from edropout_ray.artifacts.history import EPOCHS_FILE, HISTORY_FILE, read_rows
 
-
-def accepted_per_epoch(folder: Path) -> list[int]:
-    """Children accepted in each epoch of one EDropout run (0 once the mask is frozen)."""
-    steps = read_rows(folder / HISTORY_FILE)
-    epochs = len(read_rows(folder / EPOCHS_FILE))
-    return [sum(r["accepted"] for r in steps if r["epoch"] == e) for e in range(epochs)]
+MODELS = {  # image sizes that keep the matrix within an hour on 2 cores
+    "small_cnn": {"model": "edropout_ray.models:small_cnn", "image_size": 14},
+    "lenet5": {"model": "edropout_ray.models:lenet5", "image_size": 28},
+    "resnet20": {"model": "edropout_ray.models:resnet20", "image_size": 14},
+}
+DEFAULT_METHODS = ["edropout_no_search", "fixed_random", "random", "l1", "tp_group_norm", "tp_magnitude",
+                   "tp_taylor"]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="jobs/compare_fashion.yaml")
+    parser.add_argument("--config", default="jobs/quality_fashion.yaml")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--sizes", default="0.5,0.25", help="fractions of the parameters kept")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"besides edropout: {', '.join(BASELINES)}")
     parser.add_argument("--output", default="runs/quality")
+    parser.add_argument("--results", default="benchmarks/results/quality_matrix")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    models = args.models.split(",")
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; the matrix has {', '.join(MODELS)}")
+    sizes = [float(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    config = load_config(args.config, args.overrides)
+    methods = args.methods.split(",")
+    base = load_config(args.config, args.overrides)
+
     started = time.perf_counter()
-    summary = {row["method"]: row for row in compare(config, args.output, seeds)}
+    rows = []
+    for model in models:
+        for index, size in enumerate(sizes):
+            config = base.replace(**MODELS[model], prune_target_params=size, dense_baseline=index == 0)
+            summary = compare(config, Path(args.output) / model / f"{size:g}", seeds, methods=methods)
+            rows += [{"model": model, "size": size} | row for row in summary]
+            print(f"[quality] {model} at {size:.0%} done after {(time.perf_counter() - started) / 60:.1f} min",
+                  flush=True)
     minutes = (time.perf_counter() - started) / 60
+    table = markdown(rows, base, seeds, minutes)
+    print("\n" + table)
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.with_suffix(".md").write_text(table)
+    results.with_suffix(".json").write_text(json.dumps({"config": base.to_dict(), "seeds": seeds, "minutes": minutes,
+                                                        "rows": rows}, indent=1, default=str))
 
-    dense = summary["dense"]["top1_mean"] if "dense" in summary else float("nan")
-    print(f"\n{config.model} on {config.dataset}, seeds {seeds}, {minutes:.1f} min in all\n")
-    print(f"{'method':20} {'top-1 (%)':>15} {'drop vs dense':>14} {'params kept':>12}")
-    for method, row in summary.items():
-        top1 = f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}"
-        drop = "" if method == "dense" else f"{dense - row['top1_mean']:+.2f}"
-        print(f"{method:20} {top1:>15} {drop:>14} {100 * row['params_kept_fraction_mean']:>11.1f}%")
 
-    print("\nEDropout: children accepted per epoch (0 once the mask is frozen), and the freeze")
-    for seed in seeds:
-        folder = Path(args.output) / "edropout" / f"seed{seed}"
-        report = json.loads((folder / "report.json").read_text())
-        print(f"  seed {seed}: {accepted_per_epoch(folder)}; frozen at step {report['converged_at_step']}: "
-              f"{report['freeze_reason']}")
+def markdown(rows: list[dict], config, seeds: list[int], minutes: float) -> str:
+    dense = {r["model"]: r["top1_mean"] for r in rows if r["method"] == "dense"}
+    lines = [f"Fashion-MNIST, {config.epochs} epochs x {config.max_steps_per_epoch} steps of batch {config.batch_size} "
+             f"for every method, seeds {seeds}, {minutes:.0f} min in all (top-1 mean ± std over seeds).", "",
+             "| model | size | method | top-1 (%) | vs dense | params kept |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] == "dense":
+            continue
+        drop = r["top1_mean"] - dense.get(r["model"], float("nan"))
+        lines.append(f"| {r['model']} | {r['size']:.0%} | {r['method']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
+                     f"{drop:+.2f} | {100 * r['params_kept_fraction_mean']:.1f}% |")
+    for model, top1 in dense.items():
+        std = next(r["top1_std"] for r in rows if r["model"] == model and r["method"] == "dense")
+        lines.append(f"| {model} | 100% | dense | {top1:.2f} ± {std:.2f} | | 100.0% |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", required=True, help="folder for runs.parquet, summary, comparison.md/.png")
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
+    compare.add_argument("--methods", help="comma-separated methods besides edropout (default: all)")
 
     sweep = commands.add_parser("sweep", help="Ray Tune sweep over config keys (grid, random, ASHA, PBT)")
     sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (see the README)")
@@ -87,7 +88,8 @@ def _compare(args) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    compare(load_config(args.config, args.overrides), args.output, seeds, address=args.address)
+    methods = args.methods.split(",") if args.methods else None
+    compare(load_config(args.config, args.overrides), args.output, seeds, address=args.address, methods=methods)
     print(Path(args.output, "comparison.md").read_text())
     print(f"written to {args.output}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import ray
 
 from .config import Config
+from .errors import ConfigError
 from .artifacts.plotting import png_figure
 
 BASELINES = {
@@ -42,12 +43,19 @@ def _one_run(config_values: dict, folder: str) -> dict:
     return report
 
 
-def compare(config: Config, output: str | Path, seeds: list[int], address: str | None = None) -> list[dict]:
-    """Run every method for every seed; write runs.parquet, summary.parquet, comparison.md and .png."""
+def compare(config: Config, output: str | Path, seeds: list[int], address: str | None = None,
+            methods: list[str] | None = None) -> list[dict]:
+    """Run EDropout and every other method (or those in `methods`) for every seed; write runs.parquet,
+    summary.parquet, comparison.md and .png."""
     from .distributed.cluster import connect
 
     if len(seeds) < 1:
         raise ValueError("give at least one seed")
+    unknown = sorted(set(methods or []) - set(BASELINES) - {"edropout"})
+    if unknown:
+        raise ConfigError(f"unknown method {', '.join(unknown)} in --methods; the methods are edropout, "
+                          f"{', '.join(BASELINES)}")
+    baselines = {name: changes for name, changes in BASELINES.items() if methods is None or name in methods}
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     connect(config.replace(shards=0), address)
@@ -59,11 +67,11 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
         return task.remote(values, str(output / name / f"seed{seed}"))
 
     edropout = dict(zip(seeds, ray.get([launch("edropout", s, {}) for s in seeds])))
-    _progress(f"EDropout done for seeds {seeds}; running {', '.join(BASELINES)}")
+    _progress(f"EDropout done for seeds {seeds}; running {', '.join(baselines)}")
     # held to the parameters (not only the units) that the same seed's EDropout kept
     sizes = {s: {"prune_target": r["units_kept_fraction"], "prune_target_params": r["params_kept_fraction"],
                  "kept_per_group": r["kept_per_group"]} for s, r in edropout.items()}
-    pending = {(name, s): launch(name, s, changes | sizes[s]) for name, changes in BASELINES.items() for s in seeds}
+    pending = {(name, s): launch(name, s, changes | sizes[s]) for name, changes in baselines.items() for s in seeds}
     reports = {("edropout", s): r for s, r in edropout.items()}
     reports |= dict(zip(pending, ray.get(list(pending.values()))))
     rows = [{"method": name, "seed": seed, **{m: float(r[m]) for m in METRICS}} for (name, seed), r in reports.items()]
