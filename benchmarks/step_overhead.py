@@ -1,6 +1,6 @@
 """What one EDropout step costs against one plain training step, on one process, masked and at size.
 
-ALGORITHM.md bounds a masked step from below: one training step plus S no-grad dense forwards, so
+docs/algorithm.md bounds a masked step from below: one training step plus S no-grad dense forwards, so
 t_edropout / t_step >= 1 + S * t_forward / t_step. The reference code is 17x-29x slower than plain
 training. Run at the states' own size (scoring on gathered compact weights, the learner training
 the compact network), a step costs what the states keep instead. This script prints, side by side
@@ -35,7 +35,7 @@ from edropout_ray.artifacts.pruned_model import count_macs
 from edropout_ray.artifacts.latency import compare_latency
 from edropout_ray.pruning.space import PruningSpace
 
-REFERENCE_SLOWDOWN = "17x-29x (authors' code, one GPU, S = 8, ALGORITHM.md)"
+REFERENCE_SLOWDOWN = "17x-29x (authors' code, one GPU, S = 8, docs/algorithm.md)"
 GOAL = 1.15  # ratio / bound
 
 

@@ -30,9 +30,9 @@ _CHOICES = {
 
 @dataclass
 class Config:
-    """Every knob of a run. Population and evolution follow the paper (ALGORITHM.md); selection
-    and the training recipe are the ones measured to train stably in short budgets (README,
-    "Pruning quality"); jobs/paper/ holds the paper's own recipe."""
+    """Every knob of a run. Population and evolution follow the paper (docs/algorithm.md); selection
+    and the training recipe are the ones measured to train stably in short budgets (docs/quality.md,
+    "What did not work"); jobs/paper/ holds the paper's own recipe."""
 
     # what to prune, on what
     model: str = "edropout_ray.models:small_cnn"

@@ -13,7 +13,7 @@ def test_defaults_are_valid_and_follow_the_paper_in_the_evolution():
     assert (config.population_size, config.p_init, config.mutation_factor, config.crossover_rate, config.kappa) == \
         (8, 0.5, 0.9, 0.9, 10.0)
     assert config.energy == "margin"
-    # measured on Fashion-MNIST (README, "Pruning quality"): the reference's stale parent energies
+    # measured on Fashion-MNIST (docs/quality.md): the reference's stale parent energies
     # stall selection, and Adadelta at lr 1 with a step schedule trains unstably in short budgets
     assert (config.selection, config.optimizer, config.lr_schedule) == ("paired", "sgd", "cosine")
 

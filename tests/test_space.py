@@ -1,4 +1,4 @@
-"""Invariants 1-4 of DESIGN.md on every supported architecture, plus discovery edge cases."""
+"""Invariants 1-4 of docs/design.md on every supported architecture, plus discovery edge cases."""
 
 from __future__ import annotations
 

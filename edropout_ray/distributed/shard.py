@@ -2,7 +2,7 @@
 
 `ShardPool` scatters the children over the shards and gathers their energies. A shard that dies
 is replaced by a new actor that receives the latest published weights, and its slice is scored
-again, so no population state is lost (DESIGN.md, invariant 6): the coordinator keeps the
+again, so no population state is lost (docs/design.md, invariant 6): the coordinator keeps the
 authoritative population, the shards only ever hold copies of their slices. A shard that could not
 load the weights it was sent (the learner died before they reached it) refuses to score with old
 ones: it raises WeightsLost, and the coordinator recovers the learner and publishes them again.

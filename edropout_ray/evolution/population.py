@@ -28,7 +28,7 @@ def distinct_donors(num_states: int, generator: torch.Generator) -> torch.Tensor
 
 def reference_operator(states: torch.Tensor, mutation_factor: float, crossover_rate: float,
                        generator: torch.Generator) -> torch.Tensor:
-    """Binary differential evolution as in the authors' code (ALGORITHM.md).
+    """Binary differential evolution as in the authors' code (docs/algorithm.md).
 
     A bit is a mutation candidate with probability 1 - F; a candidate flips x_a where x_b == x_c
     and is set to 0 where they differ (a bias toward pruning); crossover keeps x_i with

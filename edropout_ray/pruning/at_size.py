@@ -113,7 +113,7 @@ def run_at_size(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Ten
     """`model` on `x` with its cut tensors replaced by compact ones (`tensors`).
 
     Images go in channels-last on the CPU: measured on ResNet-18, convolutions with the odd channel
-    counts of a pruned state run 15-30% faster in that layout (README, Performance).
+    counts of a pruned state run 15-30% faster in that layout (docs/performance.md).
     """
     x = preferred_layout(x)
     with contextlib.ExitStack() as stack:

@@ -321,7 +321,7 @@ class PruningSpace:
 
     def scoring_mode_for(self, x: torch.Tensor) -> str:
         """'auto': at size on a CPU where the model allows it; vmap over masked weights on a GPU.
-        Measured (README, Performance): on a CPU at size is the fastest for every model tried; on a
+        Measured (docs/performance.md): on a CPU at size is the fastest for every model tried; on a
         GPU every new channel count costs the convolution library a new plan, and the states of an
         evolving population bring new ones at every step, while vmap runs one fixed shape."""
         mode = self.scoring
