@@ -25,6 +25,7 @@ _CHOICES = {
     "scoring": ("auto", "loop", "vmap", "at_size"),
     "device": ("auto", "cpu", "cuda"),
     "layer_widths": ("uniform", "searched"),
+    "train_while_searching": ("best", "dense"),
 }
 
 
@@ -65,6 +66,11 @@ class Config:
     dense_warmup: float = 0.0
     train_top: int = 1
     search: bool = True
+    # until the freeze the learner trains the best state(s) (the paper) or every unit (dense: every state is
+    # then scored on equally trained weights); freeze_by: share of the run's steps by which the population
+    # freezes at the latest (null: only when it converges)
+    train_while_searching: str = "best"
+    freeze_by: float | None = None
     # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
     # search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "uniform"
@@ -154,6 +160,9 @@ class Config:
         need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
         need(0 <= self.dense_warmup < 1, f"dense_warmup (share of the run's steps trained dense first) must be in "
              f"[0, 1), got {self.dense_warmup}")
+        need(self.freeze_by is None or self.dense_warmup < self.freeze_by <= 1,
+             f"freeze_by (share of the run's steps by which the mask freezes) must be in (dense_warmup, 1] or null, "
+             f"got {self.freeze_by}")
         need(1 <= self.train_top <= self.population_size,
              f"train_top must be in [1, population_size={self.population_size}], got {self.train_top}")
         need(self.method != "fixed_random" or bool(self.kept_per_group),

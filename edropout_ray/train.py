@@ -25,7 +25,7 @@ from .errors import CheckpointError, ConfigError, RunLostError
 from .pruning.evaluation import evaluate
 from .training.loop import TrainLoop
 from .artifacts.report import build_report, write_report
-from .training.run_setup import RunSetup, prepare
+from .training.run_setup import RunSetup, prepare, steps_per_epoch
 from .pruning.space import PruningSpace
 from .artifacts.storage import Folder, open_folder
 
@@ -35,13 +35,14 @@ log = logging.getLogger(__name__)
 def make_engine(space: PruningSpace, setup: RunSetup, address: str | None = None) -> EDropoutEngine:
     """One process for `shards: 0`; shard actors and a learner actor on Ray otherwise."""
     config = setup.config
+    total_steps = config.epochs * steps_per_epoch(setup)
     if config.shards == 0:
-        return EDropoutEngine(space, config)
+        return EDropoutEngine(space, config, total_steps=total_steps)
     from .distributed.cluster import connect
     from .distributed.coordinator import start_distributed_engine
 
     connect(config, address)
-    return start_distributed_engine(space, config, setup.recipe)
+    return start_distributed_engine(space, config, setup.recipe, total_steps)
 
 
 def resume_config(output: Folder, given: Config | None) -> Config:
@@ -107,7 +108,8 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     if config.dense_baseline:
         dense_space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
         all_kept = torch.ones(dense_space.num_units, dtype=torch.bool)
-        dense_loop = TrainLoop(EDropoutEngine(dense_space, config), setup, "dense", state=all_kept)
+        dense_engine = EDropoutEngine(dense_space, config, total_steps=config.epochs * steps_per_epoch(setup))
+        dense_loop = TrainLoop(dense_engine, setup, "dense", state=all_kept)
         dense_loop.run(progress)
         dense = {"test": evaluate(dense_space, all_kept, setup.test_loader, setup.device),
                  "epochs": dense_loop.epoch_rows}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -229,3 +231,48 @@ def test_prune_target_params_holds_every_state_to_the_size(digits_batch, target,
             assert abs(parameters_fraction(engine.space, state) - target) < 0.02
             widths_seen.add(tuple(kept_per_group(state, engine.space.group_sizes).tolist()))
     assert (len(widths_seen) == 1) == (widths == "uniform")  # searched: states differ in their layers' widths
+
+
+@pytest.mark.parametrize("train_at_size", [True, False])
+def test_cosine_schedule_anneals_per_step_to_zero_when_the_runs_length_is_known(digits_batch, train_at_size):
+    x, y = digits_batch
+    config = Config(seed=0, lr=0.1, train_at_size=train_at_size)
+    torch.manual_seed(0)
+    engine = EDropoutEngine(PruningSpace(small_cnn(), x), config, total_steps=4)
+    rates = []
+    for _ in range(4):
+        engine.step(x, y, epoch=0)
+        rates.append(engine.learner.lr)
+    engine.end_epoch()  # no second decay at the end of an epoch
+    assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)])
+    assert engine.learner.lr == pytest.approx(0.0)
+    per_epoch = make_engine(config, x)  # without the length: once per epoch, over config.epochs
+    per_epoch.step(x, y, epoch=0)
+    assert per_epoch.learner.lr == 0.1
+
+
+def test_dense_search_trains_every_unit_until_its_deadline_then_the_frozen_mask(digits_batch):
+    x, y = digits_batch
+    config = Config(seed=0, train_while_searching="dense", dense_warmup=0.25, freeze_by=0.5, converge_after=None)
+    engine = make_engine(config, x)
+    engine.plan(total_steps=8)
+    trained = []
+    inner = engine.learner.step
+    engine.learner.step = lambda state, xb, yb: trained.append(state.clone()) or inner(state, xb, yb)
+    records = [engine.step(x, y, epoch=0) for _ in range(8)]
+    assert all(bool(s.all()) for s in trained[:4])  # warm-up, then the search on equally trained weights
+    assert [r.accepted >= 0 and r.best_energy == r.best_energy for r in records[2:4]] == [True, True]  # scored
+    assert [r.frozen for r in records] == [False] * 4 + [True] * 4  # frozen after step 4 of 8
+    assert "deadline" in engine.freeze_reason
+    assert all(torch.equal(s, engine.final_mask) for s in trained[4:]) and not bool(engine.final_mask.all())
+
+
+def test_no_search_with_a_deadline_freezes_the_initial_best_at_the_deadline(digits_batch):
+    x, y = digits_batch
+    config = Config(seed=0, train_while_searching="dense", freeze_by=0.5, search=False, converge_after=None)
+    engine = make_engine(config, x)
+    engine.plan(total_steps=4)
+    initial = engine.population.states.clone()
+    frozen = [engine.step(x, y, epoch=0).frozen for _ in range(4)]
+    assert frozen == [False, False, True, True]
+    assert any(torch.equal(engine.final_mask, s) for s in initial)

@@ -78,13 +78,14 @@ def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Te
     """One phase of at most `steps` steps: the kept units of a fixed state trained by the shared loop.
 
     A fresh optimizer and learning-rate schedule per phase, the schedule spanning the phase's own
-    epochs (a cosine schedule anneals within each phase, as when fine-tuning). Returns the epoch
+    steps (a cosine schedule anneals within each phase, as when fine-tuning). Returns the epoch
     rows and the steps taken (fewer when early stopping ends the phase). `after_backward`: the
     learner's hook between backward and step (a sparsity regularizer), None for plain training.
     """
     epochs, epoch_steps = _phase_epochs(steps, steps_per_epoch(setup))
     phase = config.replace(epochs=epochs)
-    engine = EDropoutEngine(space, phase, learner=Learner(space, phase, after_backward=after_backward))
+    learner = Learner(space, phase, after_backward=after_backward, total_steps=epochs * epoch_steps)
+    engine = EDropoutEngine(space, phase, learner=learner)
     loop = TrainLoop(engine, setup, f"{config.method} {label}", state=state, epochs=epochs, epoch_steps=epoch_steps,
                      patience=patience)
     loop.run(progress=False)

@@ -79,8 +79,10 @@ class DistributedEngine(EDropoutEngine):
         self.learner.close()
 
 
-def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelRecipe) -> DistributedEngine:
-    """Start `config.shards` shard actors and one learner actor, seeded with the driver's weights."""
+def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelRecipe,
+                             total_steps: int | None = None) -> DistributedEngine:
+    """Start `config.shards` shard actors and one learner actor, seeded with the driver's weights;
+    `total_steps`: the run's length, over which the learner's cosine schedule anneals."""
     example = space.example_inputs.cpu()
     shard_device = "cuda" if config.shard_gpus > 0 else "cpu"
     shard_actor = ray.remote(ShardWorker).options(num_cpus=config.shard_cpus, num_gpus=config.shard_gpus)
@@ -100,6 +102,7 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
     learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus,
                                                       max_restarts=config.learner_restarts if recoverable else 0)
     weights_ref = ray.put(weights)
-    actor = learner_actor.remote(recipe, example, config, weights_ref, "cuda" if config.learner_gpus > 0 else "cpu")
+    actor = learner_actor.remote(recipe, example, config, weights_ref, "cuda" if config.learner_gpus > 0 else "cpu",
+                                 total_steps)
     learner = RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,))
     return DistributedEngine(space, config, pool, learner)

@@ -37,11 +37,12 @@ class LearnerRestarted(RuntimeError):
 
 class LearnerWorker:
     def __init__(self, recipe: ModelRecipe, example_inputs: torch.Tensor, config: Config,
-                 initial_weights: dict[str, torch.Tensor], device: str = "cpu"):
+                 initial_weights: dict[str, torch.Tensor], device: str = "cpu", total_steps: int | None = None):
         self.device = torch.device(device)
         model = recipe.build().to(self.device)
         model.load_state_dict(initial_weights)
-        self.learner = Learner(PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring), config)
+        space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring)
+        self.learner = Learner(space, config, total_steps=total_steps)
         with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed

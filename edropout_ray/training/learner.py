@@ -11,6 +11,7 @@ step. Either way a unit pruned now can return later unchanged, the dropout that 
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -31,9 +32,14 @@ def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, config: Config) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per epoch. 'cosine' anneals to zero over the run's epochs, so a short budget
-    still ends at a small learning rate; 'step' is the paper's StepLR."""
+def make_schedule(optimizer: torch.optim.Optimizer, config: Config,
+                  total_steps: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """'cosine' anneals to zero over the run: stepped every step when the run's `total_steps` is known
+    (a few epochs then still end at zero, not at a quarter of the rate), else once per epoch; 'step' is
+    the paper's StepLR, stepped per epoch."""
+    if config.lr_schedule == "cosine" and total_steps:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
@@ -49,11 +55,12 @@ class Learner:
     """Owns the weights' optimizer and learning-rate schedule for one PruningSpace."""
 
     def __init__(self, space: PruningSpace, config: Config,
-                 after_backward: Callable[[torch.nn.Module], None] | None = None):
+                 after_backward: Callable[[torch.nn.Module], None] | None = None, total_steps: int | None = None):
         self.space = space
         self.model = space.model
         self.optimizer = make_optimizer(self.model.parameters(), config)
-        self.scheduler = make_schedule(self.optimizer, config)
+        self.scheduler = make_schedule(self.optimizer, config, total_steps)
+        self.schedule_per_step = isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR)
         self._cached_state: torch.Tensor | None = None
         self._cached_masks: dict[str, torch.Tensor] = {}
         # called with the model between backward and the optimizer's step, its parameters' .grad filled
@@ -71,6 +78,12 @@ class Learner:
         return self._cached_masks
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        result = self._step(state, x, y)
+        if self.schedule_per_step:
+            self._advance_schedule()
+        return result
+
+    def _step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         self.model.train()
         if self.at_size:
             return self._step_at_size(state, x, y)
@@ -133,6 +146,10 @@ class Learner:
                 torch.where(pruned[name], old, value, out=value)
 
     def end_epoch(self) -> None:
+        if not self.schedule_per_step:
+            self._advance_schedule()
+
+    def _advance_schedule(self) -> None:
         with warnings.catch_warnings():
             # at size, the compact twin of the optimizer takes the steps: the schedule's check that
             # this one stepped first would warn wrongly

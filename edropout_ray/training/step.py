@@ -39,7 +39,8 @@ class StepRecord:
 class EDropoutEngine:
     """Holds the population, the learner and the pruning schedule of one run."""
 
-    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None, learner=None):
+    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None, learner=None,
+                 total_steps: int | None = None):
         self.space = space
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -50,7 +51,7 @@ class EDropoutEngine:
         self.kept_counts = counts_for_parameters(space, self.target, config.channel_multiple) \
             if self.target and config.layer_widths == "uniform" else None
         self.population.states = self._sized(self.population.states)
-        self.learner = learner or Learner(space, config)
+        self.learner = learner or Learner(space, config, total_steps=total_steps)  # steps: the schedule's length
         self.scorer = scorer or self.local_scorer
         self.final_mask: torch.Tensor | None = None
         self.previous_best: torch.Tensor | None = None
@@ -58,11 +59,13 @@ class EDropoutEngine:
         self.freeze_reason: str | None = None
         self.step_count = 0
         self.warmup_steps = 0  # dense steps before the population starts (set by plan())
+        self.freeze_step: int | None = None  # the step by which the population freezes (set by plan())
         self.all_kept = torch.ones(space.num_units, dtype=torch.bool)
 
     def plan(self, total_steps: int) -> None:
         """The run's length in steps, known to the loop: `dense_warmup` is a share of it."""
         self.warmup_steps = round(self.config.dense_warmup * total_steps)
+        self.freeze_step = None if self.config.freeze_by is None else round(self.config.freeze_by * total_steps)
 
     @property
     def warming_up(self) -> bool:
@@ -122,17 +125,18 @@ class EDropoutEngine:
         the energy-best initial state frozen at once (the ablation); else one generation."""
         if self.frozen or self.warming_up:
             return 0
-        if not self.config.search:
-            self.population.energies = self.scorer(self.population.states, x, y).float()
-            self.final_mask = self.population.best_state.clone()
-            self.freeze_reason = "search is off: the energy-best initial state"
+        if not self.config.search:  # when a search would start, or by its deadline if it has one
+            if self.freeze_step is None or self.step_count >= self.freeze_step:
+                self.population.energies = self.scorer(self.population.states, x, y).float()
+                self.final_mask = self.population.best_state.clone()
+                self.freeze_reason = "search is off: the energy-best initial state"
             return 0
         return self.evolve(x, y)
 
     def training_state(self) -> torch.Tensor:
         """The state the learner trains this step: all units while warming up, the final mask once
         frozen, else one of the `train_top` lowest-energy states (1: the best, as in the paper)."""
-        if self.warming_up:
+        if self.warming_up or (not self.frozen and self.config.train_while_searching == "dense"):
             return self.all_kept
         if self.frozen or self.config.train_top == 1:
             return self.best_state
@@ -164,7 +168,13 @@ class EDropoutEngine:
         stalled selection also keeps unchanged. With parents scored on the children's batch
         ('paired', 'rescore') a state that stays best is one no child beat on fresh batches; under
         the reference's stale energies a stall still looks like convergence."""
-        if self.frozen or not self.population.scored or self.config.converge_epoch is None:
+        if self.frozen or not self.population.scored:
+            return
+        if self.freeze_step is not None and self.step_count >= self.freeze_step:
+            self.final_mask = self.population.best_state.clone()
+            self.freeze_reason = f"the search's deadline (freeze_by {self.config.freeze_by} of the steps)"
+            return
+        if self.config.converge_epoch is None:
             return
         best = self.population.best_state
         same = self.previous_best is not None and torch.equal(best, self.previous_best)
