@@ -127,3 +127,11 @@ def test_user_mistakes_are_one_clean_error(args, words, tmp_path, capsys):
     assert code == 2
     assert words in err and "Traceback" not in err
     assert err.startswith("edropout-ray: error: ") and err.count("edropout-ray: error") == 1, err
+
+
+def test_compare_refuses_an_unknown_method_before_any_work(tmp_path, capsys):
+    code = main(["compare", "--output", str(tmp_path / "out"), "--methods", "l1,tp_taylr"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "tp_taylr" in err and "tp_taylor" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
