@@ -172,9 +172,6 @@ class Config:
         need(all(b >= 1 for b in self.latency_batches) and self.latency_repeats >= 1,
              f"latency_batches must be batch sizes >= 1 ([] to skip timing) and latency_repeats >= 1, got "
              f"{self.latency_batches!r} and {self.latency_repeats!r}")
-        if "onnx" in self.export_formats:
-            from .artifacts.onnx_model import require_onnx
-            require_onnx()
         need(":" in self.model or self.model.replace("_", "").isalnum(),
              f"model must be a torchvision model name or 'package.module:callable', got {self.model!r}")
 
