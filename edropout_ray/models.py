@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .choices import TIMM_PREFIX
 from .errors import ConfigError
 from .imports import import_object
 
@@ -52,8 +53,6 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) ->
         nn.Flatten(), nn.Linear(50 * side * side, 500), nn.ReLU(inplace=True), nn.Linear(500, num_classes),
     )
 
-
-TIMM_PREFIX = "timm:"
 
 
 def is_torchvision_name(spec: str) -> bool:

@@ -126,3 +126,20 @@ def test_user_mistakes_are_one_clean_error(args, words, tmp_path, capsys):
     assert code == 2
     assert words in err and "Traceback" not in err
     assert err.startswith("edropout-ray: error: ") and err.count("edropout-ray: error") == 1, err
+
+
+@pytest.mark.parametrize("setting, closest", [("energy=margn", "'margin'"), ("model=resnet81", "'resnet18'"),
+                                              ("dataset=fashionmnist", "'fashion_mnist'")])
+def test_a_misspelt_name_fails_before_any_data_is_read(setting, closest, tmp_path, capsys, monkeypatch):
+    from edropout_ray import train
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the config was checked")
+
+    monkeypatch.setattr(train, "prepare", no_data)
+    code = main(["train", "--output", str(tmp_path / "out"), "--quiet", "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("edropout-ray: error: "), err
+    assert f"did you mean {closest}?" in err
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..choices import SCORING_MODES
 from .at_size import CompactLayout, depthwise_convs, preferred_layout, probe_state, run_at_size
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from ..evolution.energies import Energy, resolve_energy
@@ -63,7 +64,6 @@ class _SliceIndex:
     is_buffer: bool
 
 
-SCORING_MODES = ("auto", "loop", "vmap", "at_size")
 
 
 class PruningSpace:

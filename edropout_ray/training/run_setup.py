@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..data import DATASETS, DataSplits, load_dataset, make_loader
+from ..data import DataSplits, load_dataset, make_loader
 from ..errors import ConfigError
 from ..models import ModelRecipe, is_torchvision_name
 
@@ -51,8 +51,7 @@ def prepare(config: Config) -> RunSetup:
     connects to Ray first (a lower layer does not start a cluster)."""
     if config.dataset == "parquet":
         return _prepare_parquet(config)
-    if config.dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS + ('parquet',))}, got {config.dataset!r}")
+    # the dataset's name was checked when the config was loaded (choices.DATASETS)
     channels = 3 if is_torchvision_name(config.model) else None  # torchvision classifiers take RGB
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=channels,
                         seed=config.seed, val_fraction=config.val_fraction, augment=config.augment)
