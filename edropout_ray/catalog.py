@@ -10,11 +10,12 @@ import logging
 
 import torch
 
-# Checked by tests/test_model_coverage.py (invariants 1 and 2, random init).
+# Every model listed as tested is pruned exactly by tests/test_model_coverage.py (invariants 1 and 2,
+# random init), which takes its lists from here and fails (never skips) when one is not prunable.
 TORCHVISION_TESTED = ("resnet18", "resnet50", "alexnet", "squeezenet1_1", "vgg11_bn", "mobilenet_v2",
-                      "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny", "shufflenet_v2_x0_5")
+                      "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny")
 
-# One small variant per timm family, checked the same way; the README gives the measured count.
+# One small variant per timm family, checked the same way.
 TIMM_FAMILIES = {
     "ResNet-T": "resnet10t",
     "ResNet-D": "resnet18d",
@@ -36,7 +37,6 @@ TIMM_FAMILIES = {
     "MobileOne": "mobileone_s0",
     "DLA": "dla46_c",
     "CSPNet": "cspresnet50",
-    "CSP-Darknet (CS3)": "cs3darknet_s",
     "Darknet": "darknet17",
     "GENet": "gernet_s",
     "HGNetV2": "hgnetv2_b0",
@@ -50,12 +50,20 @@ TIMM_FAMILIES = {
     "InceptionNeXt": "inception_next_atto",
 }
 
+# Refused with a clear error (tests/test_model_coverage.py checks that they are): name -> why.
+UNSUPPORTED = {
+    "shufflenet_v2_x0_5": "Torch-Pruning cannot trace its channel shuffle",
+    "timm:cs3darknet_s": "CSP-Darknet (CS3): Torch-Pruning cannot trace it",
+}
+
 
 def listing() -> str:
     lines = ["torchvision classifiers (model: <name>; any name of torchvision.models.list_models()); tested:",
              "  " + ", ".join(TORCHVISION_TESTED),
              "timm models (model: timm:<name>; pip install 'edropout_ray[timm]'); one model per family tested:"]
     lines += [f"  {family:<20} timm:{name}" for family, name in TIMM_FAMILIES.items()]
+    lines += ["not supported (refused with an error):"]
+    lines += [f"  {name:<20} {why}" for name, why in UNSUPPORTED.items()]
     lines += ["your own: model: package.module:callable returning an nn.Module",
               "check any of them: edropout-ray models --check NAME [--image-size 64]"]
     return "\n".join(lines)
