@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-# Every model listed as tested is pruned exactly by tests/test_model_coverage.py (invariants 1 and 2,
+# Every model listed as tested is pruned exactly by tests/unit/test_model_coverage.py (invariants 1 and 2,
 # random init), which takes its lists from here and fails (never skips) when one is not prunable.
 TORCHVISION_TESTED = ("resnet18", "resnet50", "alexnet", "squeezenet1_1", "vgg11_bn", "mobilenet_v2",
                       "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny")
@@ -50,7 +50,7 @@ TIMM_FAMILIES = {
     "InceptionNeXt": "inception_next_atto",
 }
 
-# Refused with a clear error (tests/test_model_coverage.py checks that they are): name -> why.
+# Refused with a clear error (tests/unit/test_model_coverage.py checks that they are): name -> why.
 UNSUPPORTED = {
     "shufflenet_v2_x0_5": "Torch-Pruning cannot trace its channel shuffle",
     "timm:cs3darknet_s": "CSP-Darknet (CS3): Torch-Pruning cannot trace it",

@@ -1,7 +1,7 @@
 """The models practitioners bring: timm families and the torchvision models with grouped convolutions,
 LayerNorm and channel shuffles. Each is pruned exactly (invariant 1: masked == exported, and the
 export is smaller) and scored consistently (invariant 2). The models `edropout-ray models` calls tested
-come from the lists in catalog.py, checked here (or, for conftest's MODELS, in test_space.py): one
+come from the lists in catalog.py, checked here (or, for helpers.MODELS, in test_space.py): one
 that is no longer prunable fails instead of being skipped; the unsupported ones must be refused.
 
 Random init, 32x32 inputs (64x64 where a model needs them), float64 so that a real mismatch cannot
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import MODELS
+from helpers import MODELS
 from edropout_ray.catalog import TIMM_FAMILIES, TORCHVISION_TESTED, UNSUPPORTED, listing
 from edropout_ray.errors import EDropoutError
 from edropout_ray.models import build_model

@@ -92,7 +92,7 @@ def layer_of(module: str, layers=LAYERS) -> int:
     for index, names in enumerate(layers):
         if top in names:
             return index
-    raise AssertionError(f"{module} is in no layer: add {top!r} to LAYERS in tests/test_layering.py")
+    raise AssertionError(f"{module} is in no layer: add {top!r} to LAYERS in tests/unit/test_layering.py")
 
 
 def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close_outputs, inputs_of, random_states, space_of
+from helpers import assert_close_outputs, inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.errors import ConfigError
 from edropout_ray.artifacts.onnx_model import ONNX_FILE, OnnxRunner, save_onnx

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import MODELS, assert_close_outputs, inputs_of, random_states, space_of
+from helpers import MODELS, assert_close_outputs, inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.errors import NothingToPruneError
 from edropout_ray.training.learner import Learner
