@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -12,20 +13,21 @@ from pathlib import Path
 
 import yaml
 
+from . import choices
+from .choices import EXPORT_FORMATS, did_you_mean, is_object_spec, is_timm_spec
 from .errors import ConfigError
 
-EXPORT_FORMATS = ("pt2", "onnx")
 _CHOICES = {
-    "method": ("edropout", "dropnet", "l1", "random", "fixed_random", "tp_group_norm", "tp_magnitude", "tp_taylor"),
-    "dropnet_strategy": ("min", "min_layer", "max", "random", "random_layer"),
-    "dropnet_reset": ("initial", "random"),
-    "optimizer": ("adadelta", "sgd", "adam"),
-    "selection": ("paired", "rescore", "reference"),
-    "lr_schedule": ("cosine", "step"),
-    "scoring": ("auto", "loop", "vmap", "at_size"),
-    "device": ("auto", "cpu", "cuda"),
-    "layer_widths": ("uniform", "searched"),
-    "train_while_searching": ("best", "dense"),
+    "method": choices.METHODS,
+    "dropnet_strategy": choices.DROPNET_STRATEGIES,
+    "dropnet_reset": choices.DROPNET_RESETS,
+    "optimizer": choices.OPTIMIZERS,
+    "selection": choices.SELECTIONS,
+    "lr_schedule": choices.LR_SCHEDULES,
+    "scoring": choices.SCORING_MODES,
+    "device": choices.DEVICES,
+    "layer_widths": choices.LAYER_WIDTHS,
+    "train_while_searching": choices.TRAIN_WHILE_SEARCHING,
 }
 
 
@@ -125,6 +127,7 @@ class Config:
     def __post_init__(self) -> None:
         self._check_types()
         self._check_ranges()
+        self._check_names()
 
     def _check_types(self) -> None:
         hints = typing.get_type_hints(Config)
@@ -169,10 +172,7 @@ class Config:
              "method fixed_random needs kept_per_group (units kept per coupled group, e.g. from an EDropout run's "
              "final mask; edropout-ray compare fills it in)")
         need(self.kappa > 0, f"kappa must be > 0, got {self.kappa}")
-        need(self.converge_after is None or (isinstance(self.converge_after, int) and self.converge_after >= 0)
-             or 0 < self.converge_after < 1,
-             f"converge_after must be an epoch index >= 0, a fraction of the epochs in (0, 1), or null (never "
-             f"freeze), got {self.converge_after}")
+        self.converge_after = _converge_after(self.converge_after)
         need(self.converge_patience >= 1, f"converge_patience must be >= 1, got {self.converge_patience}")
         need(0 <= self.converge_diversity < 1, f"converge_diversity (fraction of units) must be in [0, 1), got "
              f"{self.converge_diversity}")
@@ -191,19 +191,36 @@ class Config:
             need(getattr(self, name) > 0, f"{name} must be a number of seconds > 0, got {getattr(self, name)}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         for name, allowed in _CHOICES.items():
-            need(getattr(self, name) in allowed,
-                 f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        need(bool(self.export_formats) and set(self.export_formats) <= set(EXPORT_FORMATS),
-             f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}")
+            need(getattr(self, name) in allowed, f"{name} must be one of {', '.join(allowed)}, got "
+                 f"{getattr(self, name)!r}{did_you_mean(getattr(self, name), allowed)}")
+        wrong = [f for f in self.export_formats if f not in EXPORT_FORMATS]
+        need(bool(self.export_formats) and not wrong,
+             f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}"
+             f"{did_you_mean(wrong[0], EXPORT_FORMATS) if wrong else ''}")
         need(self.channel_multiple >= 1, f"channel_multiple must be >= 1 (1: no rounding), got {self.channel_multiple}")
         need(all(b >= 1 for b in self.latency_batches) and self.latency_repeats >= 1,
              f"latency_batches must be batch sizes >= 1 ([] to skip timing) and latency_repeats >= 1, got "
              f"{self.latency_batches!r} and {self.latency_repeats!r}")
-        if "onnx" in self.export_formats:
-            from .artifacts.onnx_model import require_onnx
-            require_onnx()
-        need(":" in self.model or self.model.replace("_", "").isalnum(),
-             f"model must be a torchvision model name or 'package.module:callable', got {self.model!r}")
+
+    def _check_names(self) -> None:
+        """Energy, model and dataset by name, without importing anything optional or building anything."""
+        if self.energy not in choices.ENERGIES and not is_object_spec(self.energy):
+            raise ConfigError(f"energy must be one of {', '.join(choices.ENERGIES)} or 'package.module:function', "
+                              f"got {self.energy!r}{did_you_mean(self.energy, choices.ENERGIES)}")
+        if self.model.startswith(choices.TIMM_PREFIX):
+            if not is_timm_spec(self.model):
+                raise ConfigError(f"model {self.model!r} must look like 'timm:<name>' (e.g. timm:resnet18)")
+        elif ":" in self.model:
+            if not is_object_spec(self.model):
+                raise ConfigError(f"model {self.model!r} must look like 'package.module:callable'")
+        elif self.model not in (known := _torchvision_models()):
+            raise ConfigError(f"unknown torchvision model {self.model!r}{did_you_mean(self.model, known)}; pick a "
+                              "classifier from torchvision.models (e.g. resnet18, mobilenet_v2), a timm model as "
+                              "'timm:<name>', or 'package.module:callable'")
+        datasets = choices.DATASETS + (choices.STREAMED_DATASET,)
+        if self.dataset not in datasets:
+            raise ConfigError(f"dataset must be one of {', '.join(datasets)}, got {self.dataset!r}"
+                              f"{did_you_mean(self.dataset, datasets)}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
@@ -229,6 +246,27 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return Config.from_dict(self.to_dict() | changes)
+
+
+def _converge_after(value: int | float | None) -> int | float | None:
+    """`1` and `1.0` mean the same: a whole number is an epoch index (kept as an int), a value in (0, 1)
+    a fraction of the epochs; 0 (either way the first epoch) is an index too."""
+    if value is None or (isinstance(value, int) and value >= 0):
+        return value
+    if float(value).is_integer() and value >= 0:
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise ConfigError(f"converge_after must be a whole epoch index (0, 1, 15, ...), a fraction of the epochs in "
+                      f"(0, 1) such as 0.5, or null (never freeze), got {value}")
+
+
+@functools.cache
+def _torchvision_models() -> tuple[str, ...]:
+    """The classifier names torchvision can build (listed, none is built)."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
 def _coerce(name: str, value, expected):

@@ -14,6 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .choices import TIMM_PREFIX
 from .errors import ConfigError
 from .imports import import_object
 
@@ -104,8 +105,6 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     with option-B shortcuts (1x1 projections where the width or resolution changes); 0.27M parameters."""
     return ResNet20(num_classes=num_classes, in_channels=in_channels)
 
-
-TIMM_PREFIX = "timm:"
 
 
 def is_torchvision_name(spec: str) -> bool:

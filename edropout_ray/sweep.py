@@ -190,8 +190,12 @@ def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, addr
 
     output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    connect(Config(), address)
     probe = Config.from_dict({**spec.base, **{k: _example(v) for k, v in spec.search.items()}})
+    if "onnx" in probe.export_formats:
+        from .artifacts.onnx_model import require_onnx
+
+        require_onnx()  # the best trial's export needs it: fail before the trials run, not after
+    connect(Config(), address)
     trainable = tune.with_resources(train_trial, trial_resources(probe))
     tuner_path = output / "tune"
     if resume:
@@ -308,8 +312,8 @@ def export_best(result, folder: Path) -> dict:
         payload = checkpoint.load_checkpoint(saved)
         mask = torch.tensor(json.loads((Path(saved) / "final_mask.json").read_text()), dtype=torch.bool)
     space.model.load_state_dict(payload["engine"]["learner"]["model"])
-    report = build_report(space, mask, setup, folder, dense=None, converged_at_step=None,
-                          edropout_seconds=math.nan)
+    report = build_report(space, mask, config, setup.test_loader, setup.device, folder, dense=None,
+                          converged_at_step=None, edropout_seconds=math.nan)
     report["config"] = values
     write_report(report, folder)
     (folder / "config.json").write_text(json.dumps(values, indent=2))

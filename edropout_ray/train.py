@@ -24,6 +24,7 @@ from .evolution.population import kept_per_group
 from .errors import CheckpointError, ConfigError, RunLostError
 from .pruning.evaluation import evaluate
 from .training.loop import TrainLoop
+from .artifacts.onnx_model import require_onnx
 from .artifacts.report import build_report, write_report
 from .training.run_setup import RunSetup, prepare, steps_per_epoch
 from .pruning.space import PruningSpace
@@ -88,7 +89,13 @@ def _local_folder(storage: Folder):
 def _run(config: Config, storage: Folder, output: Path, payload: dict | None, progress: bool,
          address: str | None) -> dict:
     started = time.perf_counter()
-    setup = prepare(config, address)
+    if "onnx" in config.export_formats:
+        require_onnx()  # the config loads without onnx; the run stops before any work when it is missing
+    if config.dataset == "parquet":
+        from .distributed.cluster import connect
+
+        connect(config, address)  # Ray Data streams the shards
+    setup = prepare(config)
     space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(storage, config)
@@ -120,7 +127,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     history.write_rows(epoch_rows, output / history.EPOCHS_FILE)
     history.plot_history([asdict(r) for r in step_rows], epoch_rows, output / history.PLOT_FILE,
                          dense["epochs"] if dense else None)
-    report = build_report(space, final_mask, setup, output, dense=dense,
+    report = build_report(space, final_mask, config, setup.test_loader, setup.device, output, dense=dense,
                           converged_at_step=_converged_at(step_rows), edropout_seconds=edropout_seconds)
     report["wall_seconds"] = time.perf_counter() - started
     report["shards"] = config.shards

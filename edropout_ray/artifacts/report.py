@@ -4,36 +4,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..pruning.evaluation import evaluate, random_state
 from .pruned_model import EXPORT_FILE, count_macs, count_parameters, load_exported, save_exported
 from .latency import compare_latency, latency_ms
 from .onnx_model import ONNX_FILE, OnnxRunner, save_onnx
+from ..config import Config
 from ..pruning.space import PruningSpace
-
-if TYPE_CHECKING:
-    from ..training.run_setup import RunSetup
 
 REPORT_FILE = "report.json"
 RANDOM_PRUNE_FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup", output: Path, *,
-                 dense: dict | None, converged_at_step: int | None, edropout_seconds: float) -> dict:
-    device = setup.device
-    test = setup.test_loader
+def build_report(space: PruningSpace, final_mask: torch.Tensor, config: Config, test_loader, device: torch.device,
+                 output: Path, *, dense: dict | None, converged_at_step: int | None, edropout_seconds: float) -> dict:
+    """Measured on `test_loader` (batches of (images, labels)) on `device`; exports written into `output`."""
+    test = test_loader
     final = evaluate(space, final_mask, test, device)
     all_kept = evaluate(space, torch.ones(space.num_units, dtype=torch.bool), test, device)
-    generator = torch.Generator().manual_seed(setup.config.seed + 1)
+    generator = torch.Generator().manual_seed(config.seed + 1)
     random_masks = {f"{int(f * 100)}": evaluate(space, random_state(space, f, generator), test, device)
                     for f in RANDOM_PRUNE_FRACTIONS}
 
     example = space.example_inputs
     pruned_model = space.export(final_mask).eval()
-    exports = _write_exports(space, final_mask, pruned_model, setup, output)
+    exports = _write_exports(space, final_mask, pruned_model, config.export_formats, test, device, output)
     params_total, params_kept = count_parameters(space.model), count_parameters(pruned_model)
     macs_total, macs_kept = count_macs(space.model, example), count_macs(pruned_model, example)
 
@@ -47,11 +43,11 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
         "random_masks": random_masks,
         "converged_at_step": converged_at_step,
         "edropout_seconds": edropout_seconds,
-        "model": setup.config.model, "dataset": setup.config.dataset, "method": setup.config.method,
+        "model": config.model, "dataset": config.dataset, "method": config.method,
     } | exports
-    if setup.config.latency_batches:  # measured, not assumed: fewer MACs need not mean less time
-        report["latency"] = compare_latency(space.model, pruned_model, example, setup.config.latency_batches,
-                                            setup.config.latency_repeats) | {"macs_reduction": macs_total / macs_kept}
+    if config.latency_batches:  # measured, not assumed: fewer MACs need not mean less time
+        report["latency"] = compare_latency(space.model, pruned_model, example, config.latency_batches,
+                                            config.latency_repeats) | {"macs_reduction": macs_total / macs_kept}
     if dense is not None:
         report |= {"dense_top1": dense["test"]["top1"], "dense_top3": dense["test"]["top3"],
                    "dense_top5": dense["test"]["top5"], "dense_test_loss": dense["test"]["loss"],
@@ -61,15 +57,14 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, setup: "RunSetup
 
 
 @torch.no_grad()
-def _write_exports(space: PruningSpace, state: torch.Tensor, pruned_model: torch.nn.Module, setup: "RunSetup",
-                   output: Path) -> dict:
+def _write_exports(space: PruningSpace, state: torch.Tensor, pruned_model: torch.nn.Module, formats: list[str],
+                   test_loader, device: torch.device, output: Path) -> dict:
     """Save every format of `export_formats`; each is loaded as a user would and compared with the masked
     model on a test batch (largest output difference), and timed on its first 32 samples."""
-    x, _ = next(iter(setup.test_loader))
-    x = x.to(setup.device)
+    x, _ = next(iter(test_loader))
+    x = x.to(device)
     space.model.eval()
     masked = space.masked_forward(state, x)
-    formats = setup.config.export_formats
     few = x[:32]
     found: dict = {"export_latency_ms": {"batch": len(few), "pytorch": latency_ms(pruned_model, few)}}
     if "pt2" in formats:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..choices import DROPNET_STRATEGIES
 from ..config import Config
 from ..errors import ConfigError
 from ..evolution.population import set_kept_counts
@@ -25,7 +26,7 @@ from ..pruning.sizing import fit_to_parameters, parameters_fraction
 from ..pruning.space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
-STRATEGIES = ("min", "min_layer", "max", "random", "random_layer")
+STRATEGIES = DROPNET_STRATEGIES
 
 
 def select_to_drop(scores: torch.Tensor, state: torch.Tensor, layer: torch.Tensor, strategy: str, fraction: float,

@@ -10,15 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-DATASETS: tuple[str, ...] = (
-    "digits",
-    "fashion_mnist",
-    "kmnist",
-    "cifar10",
-    "cifar100",
-    "flowers102",
-    "imagefolder",
-)
+from ..choices import DATASETS
 
 # name -> (native image size, native channels)
 NATIVE: dict[str, tuple[int, int]] = {

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..choices import ENERGIES
 from ..errors import ConfigError
 from ..imports import import_object
 
@@ -38,7 +39,7 @@ def cross_entropy_energy(logits: torch.Tensor, targets: torch.Tensor,
     return losses.view(num_states, batch).mean(dim=1)
 
 
-BUILTIN_ENERGIES = ("margin", "cross_entropy")
+BUILTIN_ENERGIES = ENERGIES
 
 
 def resolve_energy(energy: str | Energy, kappa: float = 10.0) -> Energy:

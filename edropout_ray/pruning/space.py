@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.func import functional_call, vmap
 
+from ..choices import SCORING_MODES
 from .at_size import CompactLayout, depthwise_convs, preferred_layout, probe_state, run_at_size
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from ..evolution.energies import Energy, resolve_energy
@@ -67,7 +68,6 @@ class _SliceIndex:
     is_buffer: bool
 
 
-SCORING_MODES = ("auto", "loop", "vmap", "at_size")
 
 
 class PruningSpace:
@@ -315,8 +315,17 @@ class PruningSpace:
         some = next(iter(tensors.values()))
         return self.layout.compact_tensors(tensors, self.layout.kept(self._check_states(state), some.device))
 
+    def emptied_groups(self, state: torch.Tensor) -> list[str]:
+        """The roots of the groups in which `state` keeps no unit (their layers would have no channels)."""
+        state = self._check_states(state).detach().bool().cpu()
+        return [g.root for g in self.groups if not state[g.start:g.start + g.size].any()]
+
     def at_size_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Logits of `state`'s network run at its own size: what its exported model computes."""
+        if emptied := self.emptied_groups(state):
+            raise ValueError(f"the state keeps no unit of the group rooted at {emptied[0]!r}: at its own size that "
+                             "layer would have no channels. Score it masked (masked_forward; logits does so), or keep "
+                             "a unit per group (population.repair_empty_groups)")
         return run_at_size(self.model, self.compact_tensors(state), x, self.depthwise)
 
     def scoring_mode_for(self, x: torch.Tensor) -> str:
@@ -339,10 +348,15 @@ class PruningSpace:
         with scoring_mode(self.model):
             if mode == "vmap":
                 stacked = self.masked_parameters(states)
-                return vmap(lambda params, state: self._call(params, state, x))(stacked, states.to(x.device))
+                # randomness in the forward (stochastic depth while training, drawn in place on an unbatched
+                # tensor) is drawn once for all the states of the call: every state sees the same draw
+                return vmap(lambda params, state: self._call(params, state, x),
+                            randomness="same")(stacked, states.to(x.device))
             if mode == "at_size":
                 x = preferred_layout(x)  # once for every state
-                return torch.stack([self.at_size_forward(state, x) for state in states])
+                # a state that empties a layer has no network at its size; masked, its energy is still defined
+                return torch.stack([self.masked_forward(state, x) if self.emptied_groups(state)
+                                    else self.at_size_forward(state, x) for state in states])
             return torch.stack([self.masked_forward(state, x) for state in states])
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
-from ..data import DATASETS, DataSplits, load_dataset, make_loader
+from ..data import DataSplits, load_dataset, make_loader
 from ..errors import ConfigError
 from ..models import ModelRecipe, is_torchvision_name
 
@@ -46,11 +46,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare(config: Config, address: str | None = None) -> RunSetup:
+def prepare(config: Config) -> RunSetup:
+    """The data, device and loaders of a run. A `parquet` dataset streams through Ray Data: the command
+    connects to Ray first (a lower layer does not start a cluster)."""
     if config.dataset == "parquet":
-        return _prepare_parquet(config, address)
-    if config.dataset not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS + ('parquet',))}, got {config.dataset!r}")
+        return _prepare_parquet(config)
+    # the dataset's name was checked when the config was loaded (choices.DATASETS)
     channels = 3 if is_torchvision_name(config.model) else None  # torchvision classifiers take RGB
     data = load_dataset(config.dataset, config.data_dir, image_size=config.image_size, channels=channels,
                         seed=config.seed, val_fraction=config.val_fraction, augment=config.augment)
@@ -64,12 +65,10 @@ def prepare(config: Config, address: str | None = None) -> RunSetup:
     return RunSetup(config, data, device, train_loader, val_loader, test_loader)
 
 
-def _prepare_parquet(config: Config, address: str | None = None) -> RunSetup:
-    """Shards written by `edropout-ray convert` (local or s3://), streamed by Ray Data, which needs Ray."""
-    from ..distributed.cluster import connect
+def _prepare_parquet(config: Config) -> RunSetup:
+    """Shards written by `edropout-ray convert` (local or s3://), streamed by Ray Data on the connected Ray."""
     from ..data.streaming import load_streaming
 
-    connect(config, address)
     data = load_streaming(config.data_dir, image_size=config.image_size or 224, channels=3,
                           batch_size=config.batch_size, seed=config.seed,
                           eval_batch_size=max(config.batch_size, 256))

@@ -25,7 +25,7 @@ def test_edropout_prunes_lenet5_on_fashion_mnist(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "edropout_ray", "train", "--config", "jobs/compare_fashion.yaml", "--output", str(output),
          "--set", "epochs=2", "--set", "max_steps_per_epoch=60", "--set", "dense_baseline=false"],
-        capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1])
+        capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((output / "report.json").read_text())
     assert report["dataset"] == "fashion_mnist" and report["units_total"] == 570

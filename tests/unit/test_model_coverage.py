@@ -1,6 +1,8 @@
 """The models practitioners bring: timm families and the torchvision models with grouped convolutions,
 LayerNorm and channel shuffles. Each is pruned exactly (invariant 1: masked == exported, and the
-export is smaller) and scored consistently (invariant 2), or skipped with the pruning space's reason.
+export is smaller) and scored consistently (invariant 2). The models `edropout-ray models` calls tested
+come from the lists in catalog.py, checked here (or, for helpers.MODELS, in test_space.py): one
+that is no longer prunable fails instead of being skipped; the unsupported ones must be refused.
 
 Random init, 32x32 inputs (64x64 where a model needs them), float64 so that a real mismatch cannot
 hide behind float32 noise.
@@ -14,22 +16,24 @@ import pytest
 import torch
 import torchvision
 
-from edropout_ray.catalog import TIMM_FAMILIES
+from helpers import MODELS
+from edropout_ray.catalog import TIMM_FAMILIES, TORCHVISION_TESTED, UNSUPPORTED, listing
 from edropout_ray.errors import EDropoutError
 from edropout_ray.models import build_model
 from edropout_ray.evolution.population import repair_empty_groups
 from edropout_ray.pruning.space import PruningSpace
 
-INPUT_SIZE = {"timm:inception_next_atto": 64, "timm:dpn48b": 64, "timm:selecsls42b": 64}
+INPUT_SIZE = {"timm:inception_next_atto": 64, "timm:dpn48b": 64, "timm:selecsls42b": 64,
+              "shufflenet_v2_x0_5": 64}
+GROUPED = ("regnet_x_400mf", "convnext_tiny")  # test_grouped_convs_and_layernorm_are_pruned_not_skipped
+RESNEXT = "resnext50_32x4d"  # test_resnext_grouped_convs_keep_equal_groups
 
 
 def _space(spec: str, size: int) -> PruningSpace:
+    """A model listed as tested must be prunable: an error here fails the test, it is not skipped."""
     torch.manual_seed(0)
     model = build_model(spec, num_classes=10, in_channels=3, image_size=size).double().eval()
-    try:
-        return PruningSpace(model, torch.randn(2, 3, size, size, dtype=torch.float64))
-    except EDropoutError as error:
-        pytest.skip(f"{spec}: {error}")
+    return PruningSpace(model, torch.randn(2, 3, size, size, dtype=torch.float64))
 
 
 def check_invariants(spec: str, size: int = 32) -> PruningSpace:
@@ -62,7 +66,7 @@ def test_timm_family_is_pruned_exactly(family, caplog):
     check_invariants(spec, INPUT_SIZE.get(spec, 32))
 
 
-@pytest.mark.parametrize("name", ["regnet_x_400mf", "convnext_tiny"])
+@pytest.mark.parametrize("name", GROUPED)
 def test_grouped_convs_and_layernorm_are_pruned_not_skipped(name):
     """RegNet's grouped convs and ConvNeXt's LayerNorms used to keep their units unpruned."""
     space = check_invariants(name)
@@ -71,7 +75,7 @@ def test_grouped_convs_and_layernorm_are_pruned_not_skipped(name):
 
 @pytest.mark.slow
 def test_resnext_grouped_convs_keep_equal_groups():
-    space = check_invariants("resnext50_32x4d")
+    space = check_invariants(RESNEXT)
     assert not space.skipped, space.describe()
     state = torch.zeros(space.num_units, dtype=torch.bool)
     state[::2] = True
@@ -79,10 +83,33 @@ def test_resnext_grouped_convs_keep_equal_groups():
     assert conv.groups == 32 and conv.in_channels % 32 == 0 and conv.out_channels % 32 == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", list(UNSUPPORTED))
+def test_unsupported_models_are_refused_clearly(spec):
+    """Torch-Pruning cannot trace ShuffleNet's channel shuffle nor CS3 (see the README): a clear error, no
+    mis-mask."""
+    with pytest.raises(EDropoutError, match="could not trace"):
+        _space(spec, INPUT_SIZE.get(spec, 32))
+
+
 def test_shufflenet_channel_shuffle_is_refused_clearly():
-    """Torch-Pruning cannot trace ShuffleNet's channel shuffle (see the README): a clear error, no mis-mask."""
     with pytest.raises(EDropoutError, match="could not trace"):
         PruningSpace(torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval(), torch.randn(2, 3, 64, 64))
+
+
+def test_every_model_the_listing_calls_tested_is_covered():
+    """`edropout-ray models` names as tested exactly the models these tests prune (and none they refuse)."""
+    covered = set(MODELS) | set(GROUPED) | {RESNEXT}  # test_space.py checks invariants 1-4 on MODELS
+    assert set(TORCHVISION_TESTED) <= covered, set(TORCHVISION_TESTED) - covered
+    text = listing()
+    tested_part, _, unsupported_part = text.partition("not supported")
+    tested_torchvision = tested_part.splitlines()[1].strip().split(", ")
+    assert tested_torchvision == list(TORCHVISION_TESTED)
+    tested_timm = [word for word in tested_part.split() if word.startswith("timm:") and word != "timm:<name>;"]
+    assert tested_timm == [f"timm:{name}" for name in TIMM_FAMILIES.values()]  # each a case of the family test
+    for spec in UNSUPPORTED:
+        assert spec not in tested_part and spec in unsupported_part
+        assert spec not in covered and spec.removeprefix("timm:") not in TIMM_FAMILIES.values()
 
 
 def test_unknown_timm_model_is_a_clear_error():

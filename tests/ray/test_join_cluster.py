@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SHORT = ["--set", "shards=2", "--set", "epochs=1", "--set", "max_steps_per_epoch=3", "--quiet"]
 
 

@@ -13,6 +13,20 @@ import edropout_ray
 
 PACKAGE = Path(edropout_ray.__file__).parent
 MAX_MODULE_LINES = 400
+MAX_TOP_LEVEL_MODULES = 12
+# Bottom to top: a module may import its own layer and the layers below, never one above. A name is a
+# top-level module or a subpackage (all of its modules); "" is the package's own __init__.
+LAYERS = (
+    ("errors", "choices", "imports", "config", "models"),
+    ("data",),
+    ("evolution",),
+    ("pruning",),
+    ("artifacts",),
+    ("training",),
+    ("baselines",),
+    ("distributed",),
+    ("train", "compare", "sweep", "catalog", "cli", "__main__", ""),
+)
 
 
 def module_name(path: Path) -> str:
@@ -72,11 +86,32 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer_of(module: str, layers=LAYERS) -> int:
+    """The index in `layers` of a module's top-level name (`edropout_ray.pruning.space` -> "pruning")."""
+    top = module.split(".")[1] if "." in module else ""
+    for index, names in enumerate(layers):
+        if top in names:
+            return index
+    raise AssertionError(f"{module} is in no layer: add {top!r} to LAYERS in tests/unit/test_layering.py")
+
+
+def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """Every import of a higher layer, as a message naming the module, the import and the fix."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            if layer_of(target, layers) > layer_of(module, layers):
+                found.append(f"{module} (layer {layer_of(module, layers)}) imports {target} (layer "
+                             f"{layer_of(target, layers)}): pass what it needs in as arguments, or move the shared "
+                             f"code down to layer {layer_of(module, layers)} or below")
+    return found
+
+
 def test_the_graph_sees_relative_lazy_and_package_imports():
     graph = import_graph()
     assert "edropout_ray.training.run_setup" in graph["edropout_ray.train"]  # from .training.run_setup import ...
     assert "edropout_ray.baselines.pruners" in graph["edropout_ray.train"]
-    assert "edropout_ray.distributed.cluster" in graph["edropout_ray.training.run_setup"]  # inside a function
+    assert "edropout_ray.distributed.cluster" in graph["edropout_ray.train"]  # inside a function
     assert "edropout_ray.data" in graph["edropout_ray.training.run_setup"]  # a subpackage
     assert "edropout_ray.data.common" in graph["edropout_ray.data.idx"]  # relative, one level, in it
     assert "edropout_ray.artifacts.checkpoint" in graph["edropout_ray.training.loop"]  # from ..artifacts import checkpoint
@@ -94,3 +129,31 @@ def test_no_module_is_over_400_lines():
     lines = {module_name(p): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     long = {name: n for name, n in lines.items() if n > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by idea): {long}"
+
+
+def test_the_layer_check_finds_a_lower_layer_importing_a_higher_one():
+    layers = (("config",), ("pruning",), ("train",))
+    config, space, train = "edropout_ray.config", "edropout_ray.pruning.space", "edropout_ray.train"
+    graph = {config: {space}, space: {config}, train: {space, config}}
+    found = upward_imports(graph, layers)
+    assert len(found) == 1
+    assert found[0].startswith(f"{config} (layer 0) imports {space} (layer 1)")
+    assert "move the shared code down" in found[0]
+    assert upward_imports({"edropout_ray.train": {"edropout_ray.config"}}, layers) == []
+
+
+def test_every_module_is_in_a_layer():
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_no_module_imports_a_higher_layer():
+    found = upward_imports(import_graph())
+    assert not found, "imports of a higher layer:\n" + "\n".join(found)
+
+
+def test_the_package_top_level_holds_at_most_12_modules():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, (
+        f"{len(top)} modules at the package top level (at most {MAX_TOP_LEVEL_MODULES}): {top}; "
+        "put the new one in the layer subpackage it belongs to")

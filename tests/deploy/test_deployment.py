@@ -20,7 +20,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 LAUNCHER_CONFIGS = [ROOT / "clusters" / "aws.yaml", ROOT / "clusters" / "gcp.yaml"]
 RAYCLUSTER = ROOT / "clusters" / "kuberay" / "raycluster.yaml"

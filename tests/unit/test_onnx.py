@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close_outputs, inputs_of, random_states, space_of
+from helpers import assert_close_outputs, inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.errors import ConfigError
 from edropout_ray.artifacts.onnx_model import ONNX_FILE, OnnxRunner, save_onnx
@@ -27,3 +27,18 @@ def test_unknown_export_format_is_a_clear_error():
     with pytest.raises(ConfigError, match="export_formats must be a non-empty list of pt2, onnx"):
         Config(export_formats=["pt2", "tflite"])
     assert Config(export_formats="onnx").export_formats == ["onnx"]
+
+
+def test_a_config_with_onnx_loads_without_onnx_and_the_run_stops_before_reading_data(monkeypatch, tmp_path):
+    from edropout_ray import train
+    from edropout_ray.artifacts import onnx_model
+
+    monkeypatch.setattr(onnx_model, "_NEEDED", ("edropout_ray_no_such_package",))
+    config = Config(export_formats=["pt2", "onnx"])  # loading never needs onnx
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the run read data before checking for onnx")
+
+    monkeypatch.setattr(train, "prepare", no_data)
+    with pytest.raises(ConfigError, match="needs edropout_ray_no_such_package: pip install 'edropout_ray\\[onnx\\]'"):
+        train.run(config, tmp_path / "run", progress=False)

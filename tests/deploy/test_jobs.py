@@ -12,7 +12,7 @@ from edropout_ray.config import load_config
 from edropout_ray.data import DATASETS
 from edropout_ray.sweep import load_sweep
 
-JOBS = Path(__file__).parents[1] / "jobs"
+JOBS = Path(__file__).parents[2] / "jobs"
 RUN_CONFIGS = sorted(p for p in JOBS.rglob("*.yaml") if not p.name.startswith(("sweep", "runtime_env")))
 SWEEPS = sorted(JOBS.glob("sweep*.yaml"))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import inputs_of, random_states, space_of
+from helpers import inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.training.learner import Learner
 from edropout_ray.pruning.space import PruningSpace

@@ -129,6 +129,23 @@ def test_user_mistakes_are_one_clean_error(args, words, tmp_path, capsys):
     assert err.startswith("edropout-ray: error: ") and err.count("edropout-ray: error") == 1, err
 
 
+@pytest.mark.parametrize("setting, closest", [("energy=margn", "'margin'"), ("model=resnet81", "'resnet18'"),
+                                              ("dataset=fashionmnist", "'fashion_mnist'")])
+def test_a_misspelt_name_fails_before_any_data_is_read(setting, closest, tmp_path, capsys, monkeypatch):
+    from edropout_ray import train
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the config was checked")
+
+    monkeypatch.setattr(train, "prepare", no_data)
+    code = main(["train", "--output", str(tmp_path / "out"), "--quiet", "--set", setting])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("edropout-ray: error: "), err
+    assert f"did you mean {closest}?" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_refuses_an_unknown_method_before_any_work(tmp_path, capsys):
     code = main(["compare", "--output", str(tmp_path / "out"), "--methods", "l1,tp_taylr"])
     assert code == 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import MODELS, assert_close_outputs, inputs_of, random_states, space_of
+from helpers import MODELS, assert_close_outputs, inputs_of, random_states, space_of
 from edropout_ray.config import Config
 from edropout_ray.errors import NothingToPruneError
 from edropout_ray.training.learner import Learner
@@ -248,3 +248,32 @@ def test_wrong_state_length_is_a_clear_error():
 def test_every_listed_model_has_units():
     for name in MODELS:
         assert space_of(name).num_units > 0, name
+
+
+def test_a_state_that_empties_a_layer_gets_an_energy_in_every_scoring_mode():
+    """EfficientNet-B0: a state keeping no unit of a group scores (masked) in every mode, instead of a
+    raw 'weight of size [0, ...]' from the layer at its own size; at_size_forward names the group."""
+    import torchvision
+
+    torch.manual_seed(0)
+    space = PruningSpace(torchvision.models.efficientnet_b0(num_classes=10), torch.randn(2, 3, 32, 32))
+    assert space.at_size_supported
+    emptied = space.groups[2]
+    states = torch.ones(2, space.num_units)
+    states[0, emptied.start:emptied.start + emptied.size] = 0
+    states[1, : space.num_units // 2] = 0  # empties several groups at once
+    assert space.emptied_groups(states[0]) == [emptied.root] and len(space.emptied_groups(states[1])) > 1
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    space.model.eval()  # no stochastic depth: the modes see the same network
+    energies = {}
+    for scoring in ("loop", "vmap", "at_size"):
+        space.scoring = scoring
+        energies[scoring] = space.score(states, x, y)
+    assert torch.isfinite(energies["loop"]).all()
+    torch.testing.assert_close(energies["vmap"], energies["loop"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(energies["at_size"], energies["loop"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=f"keeps no unit of the group rooted at '{emptied.root}'"):
+        space.at_size_forward(states[0], x)
+    space.model.train()  # stochastic depth draws inside vmap: one draw for all the states
+    space.scoring = "vmap"
+    assert space.score(states, x, y).shape == (2,)

@@ -18,8 +18,9 @@ def test_defaults_are_valid_and_follow_the_paper_in_the_evolution():
     assert (config.selection, config.optimizer, config.lr_schedule) == ("paired", "sgd", "cosine")
 
 
-@pytest.mark.parametrize("converge_after, epochs, first_epoch", [(None, 10, None), (0, 10, 0), (4, 10, 4),
-                                                                 (0.5, 10, 5), (0.5, 3, 1), (0.25, 30, 7)])
+@pytest.mark.parametrize("converge_after, epochs, first_epoch", [
+    (None, 10, None), (0, 10, 0), (4, 10, 4), (0.5, 10, 5), (0.5, 3, 1), (0.25, 30, 7),
+    (1, 10, 1), (1.0, 10, 1), (15.0, 30, 15), (0.0, 10, 0)])
 def test_converge_after_is_an_epoch_or_a_fraction_of_the_epochs(converge_after, epochs, first_epoch):
     assert Config(converge_after=converge_after, epochs=epochs).converge_epoch == first_epoch
 
@@ -50,8 +51,10 @@ def test_yaml_file_and_overrides(tmp_path):
     ("optimizer=rmsprop", "optimizer must be one of adadelta, sgd, adam"),
     ("dense_baseline=maybe", "dense_baseline must be bool"),
     ("lr=0", "lr must be a positive number"),
-    ("converge_after=-2", "converge_after must be an epoch index"),
-    ("converge_after=1.0", "a fraction of the epochs in (0, 1)"),
+    ("converge_after=-2", "converge_after must be a whole epoch index"),
+    ("converge_after=1.5", "a fraction of the epochs in (0, 1) such as 0.5"),
+    ("converge_after=-0.5", "converge_after must be a whole epoch index"),
+    ("converge_after=.inf", "converge_after must be a whole epoch index"),
     ("selection=stale", "selection must be one of paired, rescore, reference"),
     ("converge_diversity=1", "converge_diversity (fraction of units) must be in [0, 1)"),
 ])
@@ -59,6 +62,40 @@ def test_invalid_values_are_named(override, words):
     with pytest.raises(ConfigError) as error:
         load_config(None, [override])
     assert words in str(error.value)
+
+
+def test_a_whole_float_converge_after_is_the_same_epoch_index_as_the_int():
+    assert Config(converge_after=1.0) == Config(converge_after=1)
+    assert isinstance(load_config(None, ["converge_after=15.0"]).converge_after, int)
+    assert load_config(None, ["converge_after=0.5"]).converge_after == 0.5
+
+
+@pytest.mark.parametrize("override, words", [
+    ("energy=margn", "got 'margn' (did you mean 'margin'?)"),
+    ("energy=crossentropy", "did you mean 'cross_entropy'?"),
+    ("energy=my module:fn", "energy must be one of margin, cross_entropy or 'package.module:function'"),
+    ("model=resnet81", "unknown torchvision model 'resnet81' (did you mean 'resnet18'?)"),
+    ("model=mobilenetv2", "did you mean 'mobilenet_v2'?"),
+    ("model='timm:'", "must look like 'timm:<name>'"),
+    ("model='my.module:'", "must look like 'package.module:callable'"),
+    ("dataset=cifar1O", "dataset must be one of digits"),
+    ("dataset=fashion-mnist", "did you mean 'fashion_mnist'?"),
+    ("dataset=parqet", "did you mean 'parquet'?"),
+    ("optimizer=adamw", "did you mean 'adam'?"),
+    ("export_formats=[pt2, onx]", "did you mean 'onnx'?"),
+])
+def test_names_are_checked_at_load_with_the_closest_valid_one(override, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert words in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["energy=cross_entropy", "energy=my_package.energies:flat", "model=resnet18",
+                                      "model=timm:convnext_atto", "model=timm:resnet50.a1_in1k",
+                                      "model=some.module:build", "dataset=parquet", "dataset=imagefolder"])
+def test_names_checked_by_syntax_need_nothing_imported(override):
+    """Neither timm nor the user's module is imported to load the config: only the run builds the model."""
+    load_config(None, [override])
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -75,3 +112,15 @@ def test_override_syntax_and_bad_files(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_choice_lists_are_declared_once():
+    """The layers above import the config's choices, so a new name is added in one place."""
+    from edropout_ray import choices, data
+    from edropout_ray.baselines import pruners
+    from edropout_ray.evolution import energies
+    from edropout_ray.pruning import space
+
+    assert space.SCORING_MODES is choices.SCORING_MODES and data.DATASETS is choices.DATASETS
+    assert energies.BUILTIN_ENERGIES is choices.ENERGIES
+    assert pruners.STRATEGIES is choices.DROPNET_STRATEGIES

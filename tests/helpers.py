@@ -1,0 +1,71 @@
+"""Shared test helpers: real models (torchvision and the built-in small ones) with their pruning spaces.
+
+Plain functions imported by the tests (`from helpers import ...`, tests/ is on pytest's pythonpath);
+fixtures stay in conftest.py files.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torchvision
+
+from edropout_ray.models import mlp, resnet20, small_cnn
+from edropout_ray.evolution.population import repair_empty_groups
+from edropout_ray.pruning.space import PruningSpace
+
+# name -> (factory, input shape): smallest inputs each architecture accepts, to keep tests fast
+MODELS = {
+    "resnet18": (lambda: torchvision.models.resnet18(num_classes=10), (3, 32, 32)),
+    "resnet50": (lambda: torchvision.models.resnet50(num_classes=10), (3, 32, 32)),
+    "alexnet": (lambda: torchvision.models.alexnet(num_classes=10), (3, 64, 64)),
+    "squeezenet1_1": (lambda: torchvision.models.squeezenet1_1(num_classes=10), (3, 64, 64)),
+    "vgg11_bn": (lambda: torchvision.models.vgg11_bn(num_classes=10), (3, 32, 32)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),
+    "small_cnn": (lambda: small_cnn(num_classes=10, in_channels=1), (1, 8, 8)),
+    "resnet20": (lambda: resnet20(num_classes=10, in_channels=1), (1, 28, 28)),  # residual, 28x28 gray
+    "mlp": (lambda: mlp(num_classes=10, in_channels=1, image_size=8), (1, 8, 8)),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _space(name: str, dtype: torch.dtype) -> PruningSpace:
+    factory, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = factory().to(dtype).eval()
+    _randomize_norm_statistics(model)
+    return PruningSpace(model, torch.randn(2, *shape, dtype=dtype))
+
+
+def _randomize_norm_statistics(model: torch.nn.Module) -> None:
+    """Fresh models have identity normalization; random statistics make mismatches visible."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+
+
+def space_of(name: str, dtype: torch.dtype = torch.float32) -> PruningSpace:
+    """Built once per session; float64 spaces serve exactness checks free of float32 noise."""
+    return _space(name, dtype)
+
+
+def inputs_of(name: str, batch: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(batch, *MODELS[name][1], generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def random_states(space: PruningSpace, count: int, p_keep: float = 0.6, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.rand(count, space.num_units, generator=generator) < p_keep
+    return repair_empty_groups(states, space.group_sizes, generator)
+
+
+def assert_close_outputs(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Float tolerance scaled to the outputs' magnitude (some random-init models output ~1e-6)."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale + 1e-8)

@@ -1,0 +1,37 @@
+"""Fixtures of the tests that start Ray: a real cluster head."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real `ray start --head` on 127.0.0.1 with token authentication (its token in a private HOME)
+    and the job server; yields (gcs address, dashboard url, env) and stops the head afterwards."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # the venv, activated
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = _free_port(), _free_port()
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=3",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
