@@ -75,7 +75,7 @@ class Config:
     freeze_by: float | None = None
     # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
     # search also picks each group's width, every state brought to the target (searched)
-    layer_widths: str = "uniform"
+    layer_widths: str = "searched"
     # learner
     optimizer: str = "sgd"
     lr: float = 0.05
