@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from edropout_ray.compare import BASELINES, compare
 from edropout_ray.config import load_config
 
@@ -43,6 +45,8 @@ def main(argv=None) -> None:
     parser.add_argument("--output", default="runs/quality")
     parser.add_argument("--results", default="benchmarks/results/quality_matrix")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run nothing: build the table from the summaries already under --output")
     args = parser.parse_args(argv)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
@@ -58,11 +62,17 @@ def main(argv=None) -> None:
     for model in models:
         for index, size in enumerate(sizes):
             config = base.replace(**MODELS[model], prune_target_params=size, dense_baseline=index == 0)
-            summary = compare(config, Path(args.output) / model / f"{size:g}", seeds, methods=methods)
+            folder = Path(args.output) / model / f"{size:g}"
+            if args.tables_only:
+                if not (folder / "summary.parquet").exists():
+                    continue
+                summary = pq.read_table(folder / "summary.parquet").to_pylist()
+            else:
+                summary = compare(config, folder, seeds, methods=methods)
             rows += [{"model": model, "size": size} | row for row in summary]
             print(f"[quality] {model} at {size:.0%} done after {(time.perf_counter() - started) / 60:.1f} min",
                   flush=True)
-    minutes = (time.perf_counter() - started) / 60
+    minutes = None if args.tables_only else (time.perf_counter() - started) / 60
     table = markdown(rows, base, seeds, minutes)
     print("\n" + table)
     results = Path(args.results)
@@ -72,10 +82,11 @@ def main(argv=None) -> None:
                                                         "rows": rows}, indent=1, default=str))
 
 
-def markdown(rows: list[dict], config, seeds: list[int], minutes: float) -> str:
+def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None) -> str:
     dense = {r["model"]: r["top1_mean"] for r in rows if r["method"] == "dense"}
+    took = "rebuilt from finished runs" if minutes is None else f"{minutes:.0f} min in all"
     lines = [f"Fashion-MNIST, {config.epochs} epochs x {config.max_steps_per_epoch} steps of batch {config.batch_size} "
-             f"for every method, seeds {seeds}, {minutes:.0f} min in all (top-1 mean ± std over seeds).", "",
+             f"for every method, seeds {seeds}, {took} (top-1 mean ± std over seeds).", "",
              "| model | size | method | top-1 (%) | vs dense | params kept |", "|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "dense":

@@ -65,6 +65,8 @@ def listing() -> str:
              "  " + ", ".join(TORCHVISION_TESTED),
              "timm models (model: timm:<name>; pip install 'edropout_ray[timm]'); one model per family tested:"]
     lines += [f"  {family:<20} timm:{name}" for family, name in TIMM_FAMILIES.items()]
+    lines += ["not supported (refused with an error):"]
+    lines += [f"  {name:<20} {why}" for name, why in UNSUPPORTED.items()]
     lines += ["built in (model: edropout_ray.models:<name>): " + ", ".join(BUILT_IN),
               "your own: model: package.module:callable returning an nn.Module",
               "check any of them: edropout-ray models --check NAME [--image-size 64]"]
