@@ -129,14 +129,13 @@ def train_trial(values: dict) -> None:
     """Tune's function trainable: one EDropout run, reporting and checkpointing every epoch."""
     from .training.loop import TrainLoop
     from .training.run_setup import prepare
-    from .pruning.space import PruningSpace
     from .train import make_engine
 
     values = dict(values)
     params_weight = values.pop("_params_weight", 0.0)
     config = Config.from_dict(values)
     setup = prepare(config)
-    space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
+    space = setup.new_space()
     total_params = sum(p.numel() for p in space.model.parameters() if p.requires_grad)
 
     def report(loop: TrainLoop, row: dict) -> None:
@@ -299,12 +298,11 @@ def export_best(result, folder: Path) -> dict:
 
     from .artifacts.report import build_report, write_report
     from .training.run_setup import prepare
-    from .pruning.space import PruningSpace
 
     values = {k: v for k, v in result.config.items() if k != "_params_weight"}
     config = Config.from_dict(values)
     setup = prepare(config)
-    space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
+    space = setup.new_space()
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

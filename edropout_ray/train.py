@@ -26,7 +26,7 @@ from .pruning.evaluation import evaluate
 from .training.loop import TrainLoop
 from .artifacts.onnx_model import require_onnx
 from .artifacts.report import build_report, write_report
-from .training.run_setup import RunSetup, prepare, steps_per_epoch
+from .training.run_setup import PrunedRun, RunSetup, prepare, steps_per_epoch
 from .pruning.space import PruningSpace
 from .artifacts.storage import Folder, open_folder
 
@@ -96,24 +96,24 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
 
         connect(config, address)  # Ray Data streams the shards
     setup = prepare(config)
-    space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
+    space = setup.new_space()
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(storage, config)
     if config.method == "edropout":
-        final_mask, step_rows, epoch_rows, freeze_reason = _train_edropout(space, setup, storage, payload, progress,
-                                                                           address)
+        pruned = _train_edropout(space, setup, storage, payload, progress, address)
     else:
         if payload is not None or config.shards:
             raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
                               "and shards")
         pruned = run_torch_pruning(space, config, setup) if config.method in TP_METHODS else \
             run_baseline(space, config, setup)
-        final_mask, step_rows, epoch_rows, freeze_reason = pruned.state, [], pruned.epoch_rows, None
+    final_mask, step_rows, epoch_rows, freeze_reason = pruned.state, pruned.step_rows, pruned.epoch_rows, \
+        pruned.freeze_reason
     edropout_seconds = time.perf_counter() - started
 
     dense = None
     if config.dense_baseline:
-        dense_space = PruningSpace(setup.new_model(), setup.example_inputs(), scoring=config.scoring)
+        dense_space = setup.new_space()
         all_kept = torch.ones(dense_space.num_units, dtype=torch.bool)
         dense_engine = EDropoutEngine(dense_space, config, total_steps=config.epochs * steps_per_epoch(setup))
         dense_loop = TrainLoop(dense_engine, setup, "dense", state=all_kept)
@@ -138,8 +138,8 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
 
 
 def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payload: dict | None, progress: bool,
-                    address: str | None):
-    """The EDropout loop on the configured runtime; returns (final mask, step rows, epoch rows, why it froze)."""
+                    address: str | None) -> PrunedRun:
+    """The EDropout loop on the configured runtime."""
     engine = make_engine(space, setup, address)
     try:
         loop = TrainLoop(engine, setup, "edropout", checkpoint_dir=output)
@@ -151,7 +151,7 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payloa
         raise type(error)(f"{error}; {checkpoint.resume_hint(output)}") from None
     finally:
         engine.close()
-    return engine.best_state.clone(), loop.step_rows, loop.epoch_rows, engine.freeze_reason
+    return PrunedRun(engine.best_state.clone(), loop.epoch_rows, loop.step_rows, engine.freeze_reason)
 
 
 def _converged_at(step_rows) -> int | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +20,7 @@ from ..evolution.population import set_kept_counts
 from ..training.step import EDropoutEngine
 from ..training.learner import Learner
 from ..training.loop import TrainLoop
-from ..training.run_setup import RunSetup, steps_per_epoch
+from ..training.run_setup import PrunedRun, RunSetup, steps_per_epoch
 from ..pruning.sizing import fit_to_parameters, parameters_fraction
 from ..pruning.space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
@@ -66,12 +65,6 @@ def keep_top(scores: torch.Tensor, keep_fraction: float, layer: torch.Tensor, pe
         if not state[members].any():
             state[members[torch.argmax(scores[members])]] = True
     return state
-
-
-@dataclass
-class PrunedRun:
-    state: torch.Tensor
-    epoch_rows: list[dict]
 
 
 def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Tensor, steps: int,

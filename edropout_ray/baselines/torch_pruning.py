@@ -44,8 +44,8 @@ from ..pruning.groups import CONVS
 from ..pruning.modes import eval_mode, scoring_mode
 from ..pruning.sizing import fit_to_parameters, parameters_fraction
 from ..pruning.space import PruningSpace, UnitGroup
-from ..training.run_setup import RunSetup
-from .pruners import PrunedRun, _budget, _train, keep_top
+from ..training.run_setup import PrunedRun, RunSetup
+from .pruners import _budget, _train, keep_top
 from .unit_scores import layer_of_units
 
 METHODS = ("tp_group_norm", "tp_magnitude", "tp_taylor")

@@ -5,7 +5,7 @@ Below the trainer, the training loop, the baselines and the report, which all re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,6 +13,7 @@ from ..config import Config
 from ..data import DataSplits, load_dataset, make_loader
 from ..errors import ConfigError
 from ..models import ModelRecipe, is_torchvision_name
+from ..pruning.space import PruningSpace
 
 
 @dataclass
@@ -33,9 +34,24 @@ class RunSetup:
         """The same initial weights every time for the same seed (EDropout and its dense baseline)."""
         return self.recipe.build().to(self.device)
 
+    def new_space(self) -> PruningSpace:
+        """The model of `new_model()` traced into its pruning space: how every entry point starts a run."""
+        return PruningSpace(self.new_model(), self.example_inputs(), scoring=self.config.scoring)
+
     def example_inputs(self) -> torch.Tensor:
         x, _ = next(iter(self.test_loader))
         return x[:2].to(self.device)
+
+
+@dataclass
+class PrunedRun:
+    """What every method's training ends with: the final state and its history (EDropout also has
+    per-step rows and the reason its mask froze)."""
+
+    state: torch.Tensor
+    epoch_rows: list[dict]
+    step_rows: list = field(default_factory=list)
+    freeze_reason: str | None = None
 
 
 def pick_device(name: str) -> torch.device:
