@@ -59,20 +59,20 @@ class Config:
     kappa: float = 10.0
     # pruning schedule: freeze the best state once the population has converged, from this epoch on
     # (an epoch index, or a fraction of `epochs`; null = never)
-    converge_after: int | float | None = 0.5
+    converge_after: int | float | None = None
     converge_patience: int = 10
     converge_diversity: float = 0.02
     # schedule: dense steps first (a share of the run's steps), so the search starts on trained weights;
     # the learner trains one of the `train_top` lowest-energy states (1 = the best); search: false freezes
     # the energy-best initial state at the first step after the warm-up (the no-search ablation)
-    dense_warmup: float = 0.0
+    dense_warmup: float = 0.25
     train_top: int = 1
     search: bool = True
     # until the freeze the learner trains the best state(s) (the paper) or every unit (dense: every state is
     # then scored on equally trained weights); freeze_by: share of the run's steps by which the population
     # freezes at the latest (null: only when it converges)
-    train_while_searching: str = "best"
-    freeze_by: float | None = None
+    train_while_searching: str = "dense"
+    freeze_by: float | None = 0.5
     # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
     # search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "searched"
