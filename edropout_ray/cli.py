@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="prune a model with EDropout and write a report")
-    train.add_argument("--config", help="YAML file of config keys (see the README)")
+    train.add_argument("--config", help="YAML file of config keys (keys: docs/config.md)")
     train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override config keys: --set a=1 b=2, or --set a=1 --set b=2; values are read as YAML")
     train.add_argument("--output", help="folder, or pyarrow.fs URI (s3://, gs://), for report.json, the pruned model, "
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", help="comma-separated methods besides edropout (default: all)")
 
     sweep = commands.add_parser("sweep", help="Ray Tune sweep over config keys (grid, random, ASHA, PBT)")
-    sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (see the README)")
+    sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (keys: docs/config.md)")
     sweep.add_argument("--output", help="folder for the sweep (Tune's state, trials.parquet, pareto.png, best/)")
     sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
     sweep.add_argument("--address", help="join a Ray cluster; default: a local Ray")

@@ -231,7 +231,7 @@ class Config:
             for key in unknown:
                 close = difflib.get_close_matches(key, known, n=1)
                 hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(f"unknown config key {', '.join(hints)}; see the README's config reference")
+            raise ConfigError(f"unknown config key {', '.join(hints)}; every key is in docs/config.md")
         return cls(**values)
 
     @property
