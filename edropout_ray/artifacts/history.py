@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
@@ -29,8 +30,9 @@ def plot_history(steps: list[dict], epochs: list[dict], path: Path, dense_epochs
     with png_figure(path, 1, 3, figsize=(15, 4)) as (_, (ax_energy, ax_kept, ax_acc)):
         if steps:
             x = [r["step"] for r in steps]
-            ax_energy.plot(x, [r["best_energy"] for r in steps], label="best")
-            ax_energy.plot(x, [r["mean_energy"] for r in steps], label="population mean", alpha=0.7)
+            # a gap while nothing is scored yet (the dense warm-up: the energies are inf there)
+            ax_energy.plot(x, [_finite(r["best_energy"]) for r in steps], label="best")
+            ax_energy.plot(x, [_finite(r["mean_energy"]) for r in steps], label="population mean", alpha=0.7)
             ax_energy.legend()
             ax_kept.plot(x, [r["kept_fraction"] for r in steps], color="tab:green", label="best state's units kept")
             ax_kept.plot(x, [r["diversity"] for r in steps], color="tab:purple", label="population diversity")
@@ -48,3 +50,7 @@ def plot_history(steps: list[dict], epochs: list[dict], path: Path, dense_epochs
                         label="dense baseline")
         ax_acc.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Accuracy per epoch")
         ax_acc.legend()
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.nan

@@ -6,7 +6,6 @@ vectorized score; on Ray it scatters the states over shard actors. Same step, tw
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -155,7 +154,7 @@ class EDropoutEngine:
 
     def _record(self, epoch: int, state: torch.Tensor, accepted: int, loss: float, accuracy: float) -> StepRecord:
         """The history row of the step just taken with `state`."""
-        energies = self.population.energies if self.population.scored else torch.full((1,), math.nan)
+        energies = self.population.energies  # inf until the population is first scored (the warm-up)
         return StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
                           mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
                           accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen,

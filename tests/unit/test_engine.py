@@ -194,7 +194,7 @@ def test_dense_warmup_trains_every_unit_before_the_population_starts(digits_batc
     records = [engine.step(x, y, epoch=0) for _ in range(6)]
     assert [r.kept_fraction for r in records[:3]] == [1.0] * 3 and calls[:1] == [16]
     assert len(calls) == 3 and all(r.kept_fraction < 1 for r in records[3:])  # scored only after the warm-up
-    assert all(r.best_energy != r.best_energy for r in records[:3])  # nan: no energies yet
+    assert all(r.best_energy == math.inf for r in records[:3])  # no energies yet
 
 
 def test_no_search_freezes_the_energy_best_initial_state(digits_batch):
@@ -267,7 +267,7 @@ def test_dense_search_trains_every_unit_until_its_deadline_then_the_frozen_mask(
     engine.learner.step = lambda state, xb, yb: trained.append(state.clone()) or inner(state, xb, yb)
     records = [engine.step(x, y, epoch=0) for _ in range(8)]
     assert all(bool(s.all()) for s in trained[:4])  # warm-up, then the search on equally trained weights
-    assert [r.accepted >= 0 and r.best_energy == r.best_energy for r in records[2:4]] == [True, True]  # scored
+    assert all(math.isfinite(r.best_energy) for r in records[2:4])  # scored from the end of the warm-up
     assert [r.frozen for r in records] == [False] * 4 + [True] * 4  # frozen after step 4 of 8
     assert "deadline" in engine.freeze_reason
     assert all(torch.equal(s, engine.final_mask) for s in trained[4:]) and not bool(engine.final_mask.all())
