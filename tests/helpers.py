@@ -7,6 +7,7 @@ fixtures stay in conftest.py files.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torchvision
@@ -69,3 +70,43 @@ def assert_close_outputs(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Float tolerance scaled to the outputs' magnitude (some random-init models output ~1e-6)."""
     scale = expected.abs().max().item()
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5 * scale + 1e-8)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc): for example the Ray instance a run started for itself."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def ray_head_processes(port: int) -> list[int]:
+    """The processes of the Ray head whose GCS listens on `port`, and every process below them: the GCS
+    server names its port, the raylet and the dashboard its address (agents and workers are children)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                tokens = handle.read().decode(errors="replace").replace("\0", " ").split()
+        except OSError:
+            continue
+        if any(token == f"--gcs_server_port={port}" or
+               (token.startswith(("--gcs-address=", "--gcs_address=")) and token.endswith(f":{port}"))
+               for token in tokens):
+            found.append(int(entry))
+    return sorted({pid for root in found for pid in [root, *descendants(root)]})

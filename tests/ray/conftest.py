@@ -16,11 +16,15 @@ def _free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path):
     """A real `ray start --head` on 127.0.0.1 with token authentication (its token in a private HOME)
-    and the job server; yields (gcs address, dashboard url, env) and stops the head afterwards."""
+    and the job server; yields (gcs address, dashboard url, env) and stops the head afterwards: only its
+    own processes, found by its GCS port (`ray stop` would stop every Ray on the machine)."""
     import os
+    import signal
     import subprocess
     import sys
     from pathlib import Path
+
+    from helpers import ray_head_processes
 
     ray = str(Path(sys.executable).with_name("ray"))
     env = {**os.environ, "HOME": str(tmp_path), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
@@ -34,4 +38,8 @@ def ray_head(tmp_path):
     try:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for pid in ray_head_processes(port):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

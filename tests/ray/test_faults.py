@@ -12,31 +12,11 @@ import tempfile
 import time
 
 import pytest
+from helpers import descendants
 
 pytestmark = pytest.mark.slow
 
 LIVENESS_S = 5
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (read from /proc): here, the Ray instance a run started for itself."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 @pytest.fixture
