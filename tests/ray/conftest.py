@@ -43,3 +43,7 @@ def ray_head(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # what `ray stop` also does: forget this head, or a later local ray.init() tries to join it and hangs
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp"), "ray", "ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
