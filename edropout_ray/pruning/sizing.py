@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from ..evolution.population import kept_per_group
 from .space import PruningSpace
 
 
@@ -63,29 +64,37 @@ def counts_for_parameters(space: PruningSpace, target: float, multiple: int = 1)
         return rounded.clamp(min=1).minimum(sizes).long()
 
     state = fit_to_parameters(space, lambda f: state_of(uniform(f)), target)
-    counts = torch.stack([block.sum() for block in state.split(space.group_sizes)])
+    counts = kept_per_group(state, space.group_sizes)
     for step in dict.fromkeys((multiple, 1)):
         counts = _closer_by_moves(space, counts, sizes, step, target, state_of)
     return counts
 
 
 def _closer_by_moves(space, counts, sizes, step, target, state_of) -> torch.Tensor:
-    """Greedy: move one group's count by +-step while that brings the parameter fraction closer."""
-    gap = abs(parameters_fraction(space, state_of(counts)) - target)
+    """Greedy: move one group's count by +-step while that brings the parameter fraction closer
+    (every candidate move of a round counted in one call)."""
+    total = float(space.kept_parameters_of(torch.ones(1, space.num_units, dtype=torch.bool))[0])
+
+    def gaps(candidates: list[torch.Tensor]) -> torch.Tensor:
+        kept = space.kept_parameters_of(torch.stack([state_of(c) for c in candidates]))
+        return (kept.double() / total - target).abs()
+
+    gap = float(gaps([counts])[0])
     while True:
-        best = None
+        moves = []
         for g in range(len(counts)):
             for delta in (step, -step):
                 moved = counts.clone()
                 moved[g] += delta
-                if not 1 <= int(moved[g]) <= int(sizes[g]):
-                    continue
-                moved_gap = abs(parameters_fraction(space, state_of(moved)) - target)
-                if moved_gap < gap - 1e-9 and (best is None or moved_gap < best[0]):
-                    best = (moved_gap, moved)
-        if best is None:
+                if 1 <= int(moved[g]) <= int(sizes[g]):
+                    moves.append(moved)
+        if not moves:
             return counts
-        gap, counts = best
+        moved_gaps = gaps(moves)
+        best = int(torch.argmin(moved_gaps))  # the first of equals, in the order the moves were made
+        if float(moved_gaps[best]) >= gap - 1e-9:
+            return counts
+        gap, counts = float(moved_gaps[best]), moves[best]
 
 
 def fit_states_to_parameters(space: PruningSpace, states: torch.Tensor, target: float,
