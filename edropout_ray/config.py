@@ -118,6 +118,9 @@ class Config:
     # the report's latency of the exported model against the dense one, per batch size ([] = not timed)
     latency_batches: list[int] = dataclasses.field(default_factory=lambda: [1, 128])
     latency_repeats: int = 10
+    # the report also evaluates the trained weights with every unit kept and under random masks (25/50/75% of
+    # the units pruned), as the paper reports; false skips these four passes over the test set
+    report_extra_masks: bool = True
     # faults on Ray: restarts of a lost learner actor (replayed from the latest checkpoint), and how
     # long the run waits for a silent cluster or a restarting actor before it stops
     learner_restarts: int = 3
