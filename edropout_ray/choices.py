@@ -12,6 +12,7 @@ import re
 METHODS = ("edropout", "dropnet", "l1", "random", "fixed_random", "tp_group_norm", "tp_magnitude", "tp_taylor")
 LAYER_WIDTHS = ("uniform", "searched")
 TRAIN_WHILE_SEARCHING = ("best", "dense")
+LR_AFTER_FREEZE = ("continue", "restart")
 DROPNET_STRATEGIES = ("min", "min_layer", "max", "random", "random_layer")
 DROPNET_RESETS = ("initial", "random")
 OPTIMIZERS = ("adadelta", "sgd", "adam")

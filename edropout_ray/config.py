@@ -28,6 +28,7 @@ _CHOICES = {
     "device": choices.DEVICES,
     "layer_widths": choices.LAYER_WIDTHS,
     "train_while_searching": choices.TRAIN_WHILE_SEARCHING,
+    "lr_after_freeze": choices.LR_AFTER_FREEZE,
 }
 
 
@@ -73,6 +74,9 @@ class Config:
     # freezes at the latest (null: only when it converges)
     train_while_searching: str = "dense"
     freeze_by: float | None = 0.5
+    # once the mask freezes the cosine rate goes on from where it is (continue) or starts again from lr and
+    # anneals over the steps left (restart: the pruned network fine-tuned as after learning-rate rewinding)
+    lr_after_freeze: str = "continue"
     # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
     # search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "searched"

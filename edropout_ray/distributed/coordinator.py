@@ -44,6 +44,7 @@ class DistributedEngine(EDropoutEngine):
             return super().step(x, y, epoch)
         # The shards score these children while the learner's previous step runs on its actor, so
         # with the weights from before that step; they get the newer weights only afterwards.
+        was_frozen = self.frozen
         accepted = self.search(x, y)
         self._collect_pending()
         self.learner.publish_if_due()
@@ -53,6 +54,7 @@ class DistributedEngine(EDropoutEngine):
         record = self._record(epoch, state, accepted, loss=math.nan, accuracy=math.nan)
         self._pending = (future, record)  # loss and accuracy are filled in when the step finishes
         self._check_convergence(epoch, record.diversity)
+        self._after_freeze(was_frozen)
         return record
 
     def _collect_pending(self) -> None:

@@ -61,6 +61,9 @@ class LearnerWorker:
     def end_epoch(self) -> None:
         self._ready().end_epoch()
 
+    def restart_schedule(self) -> None:
+        self._ready().restart_schedule()
+
     def lr(self) -> float:
         return self._ready().lr
 
@@ -152,6 +155,10 @@ class RemoteLearner:
         except LOST as error:
             self.recover(error)  # the replay ends the epoch
 
+    def restart_schedule(self) -> None:
+        self._log("restart_schedule")
+        self._read("restart_schedule")
+
     @property
     def lr(self) -> float:
         return self._read("lr")
@@ -214,6 +221,8 @@ class RemoteLearner:
                 self.last_future = self.actor.step.remote(*args)
             elif kind == "end_epoch":
                 self.actor.end_epoch.remote()
+            elif kind == "restart_schedule":
+                self.actor.restart_schedule.remote()
             elif index == last_publish:  # earlier publishes were superseded before anything scored with them
                 self.pool.publish(self.actor.weights_for_broadcast.remote())
         if last_publish is None:  # the shards' weights predate the checkpoint: the closest we have

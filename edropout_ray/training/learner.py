@@ -32,14 +32,30 @@ def make_optimizer(params, config: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+class RestartableCosine:
+    """The per-step cosine factor, from 1 down to 0 at `total_steps`; `restart(step)` starts a new
+    cosine from 1 at that step down to 0 at the same end (the rate rewound when the mask freezes)."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.start = 0
+
+    def restart(self, step: int) -> None:
+        self.start = min(step, self.total_steps - 1)
+
+    def __call__(self, step: int) -> float:
+        span = self.total_steps - self.start
+        done = min(max(step - self.start, 0), span)
+        return 0.5 * (1 + math.cos(math.pi * done / span))
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, config: Config,
                   total_steps: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
     """'cosine' anneals to zero over the run: stepped every step when the run's `total_steps` is known
     (a few epochs then still end at zero, not at a quarter of the rate), else once per epoch; 'step' is
     the paper's StepLR, stepped per epoch."""
     if config.lr_schedule == "cosine" and total_steps:
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, RestartableCosine(total_steps))
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
@@ -155,6 +171,16 @@ class Learner:
             # this one stepped first would warn wrongly
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.scheduler.step()
+
+    def restart_schedule(self) -> None:
+        """Rewind the learning rate to its start and anneal it again over the steps left (per-step
+        cosine only): the frozen network is fine-tuned at a high rate again, not at what is left."""
+        if not self.schedule_per_step:
+            return
+        cosine = self.scheduler.lr_lambdas[0]
+        cosine.restart(self.scheduler.last_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * cosine(self.scheduler.last_epoch)
 
     @property
     def lr(self) -> float:

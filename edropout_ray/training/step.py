@@ -144,13 +144,20 @@ class EDropoutEngine:
         return self.population.states[ranked[pick]].squeeze(0)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
+        was_frozen = self.frozen
         accepted = self.search(x, y)
         state = self.training_state()
         result = self.learner.step(state, x, y)
         self.step_count += 1
         record = self._record(epoch, state, accepted, result.loss, result.accuracy)
         self._check_convergence(epoch, record.diversity)
+        self._after_freeze(was_frozen)
         return record
+
+    def _after_freeze(self, was_frozen: bool) -> None:
+        """`lr_after_freeze: restart`: the step that froze the mask rewinds the learning rate."""
+        if self.frozen and not was_frozen and self.config.lr_after_freeze == "restart":
+            self.learner.restart_schedule()
 
     def _record(self, epoch: int, state: torch.Tensor, accepted: int, loss: float, accuracy: float) -> StepRecord:
         """The history row of the step just taken with `state`."""

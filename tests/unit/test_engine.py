@@ -282,3 +282,41 @@ def test_no_search_with_a_deadline_freezes_the_initial_best_at_the_deadline(digi
     frozen = [engine.step(x, y, epoch=0).frozen for _ in range(4)]
     assert frozen == [False, False, True, True]
     assert any(torch.equal(engine.final_mask, s) for s in initial)
+
+
+@pytest.mark.parametrize("train_at_size", [True, False])
+def test_lr_restart_rewinds_the_rate_when_the_mask_freezes_and_survives_a_checkpoint(digits_batch, train_at_size):
+    x, y = digits_batch
+    config = Config(seed=0, lr=0.1, dense_warmup=0.25, freeze_by=0.5, converge_after=None,
+                    lr_after_freeze="restart", train_at_size=train_at_size)
+    torch.manual_seed(0)
+    engine = EDropoutEngine(PruningSpace(small_cnn(), x), config, total_steps=8)
+    engine.plan(total_steps=8)
+    rates = []
+    for _ in range(8):
+        engine.step(x, y, epoch=0)
+        rates.append(engine.learner.lr)
+        if len(rates) == 5:
+            saved = engine.state_dict()
+    # frozen by step 4 of 8: the rate starts again from lr and anneals to zero over the last 4 steps
+    assert rates[:3] == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in (1, 2, 3)])
+    assert rates[3:] == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in (0, 1, 2, 3, 4)])
+    torch.manual_seed(0)
+    resumed = EDropoutEngine(PruningSpace(small_cnn(), x), config, total_steps=8)
+    resumed.plan(total_steps=8)
+    resumed.load_state_dict(saved)
+    resumed.step(x, y, epoch=0)
+    assert resumed.learner.lr == pytest.approx(rates[5])  # the rewound schedule, not the original one
+
+
+def test_lr_after_freeze_continue_keeps_one_cosine(digits_batch):
+    x, y = digits_batch
+    config = Config(seed=0, lr=0.1, dense_warmup=0.25, freeze_by=0.5, converge_after=None)
+    torch.manual_seed(0)
+    engine = EDropoutEngine(PruningSpace(small_cnn(), x), config, total_steps=8)
+    engine.plan(total_steps=8)
+    rates = []
+    for _ in range(8):
+        engine.step(x, y, epoch=0)
+        rates.append(engine.learner.lr)
+    assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(1, 9)])
