@@ -66,13 +66,20 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
         values = base | {"seed": seed, "dense_baseline": base["dense_baseline"] and name == "edropout"} | changes
         return task.remote(values, str(output / name / f"seed{seed}"))
 
-    edropout = dict(zip(seeds, ray.get([launch("edropout", s, {}) for s in seeds])))
-    _progress(f"EDropout done for seeds {seeds}; running {', '.join(baselines)}")
-    # held to the parameters (not only the units) that the same seed's EDropout kept
-    sizes = {s: {"prune_target": r["units_kept_fraction"], "prune_target_params": r["params_kept_fraction"],
-                 "kept_per_group": r["kept_per_group"]} for s, r in edropout.items()}
-    pending = {(name, s): launch(name, s, changes | sizes[s]) for name, changes in baselines.items() for s in seeds}
-    reports = {("edropout", s): r for s, r in edropout.items()}
+    # a seed's baselines start as soon as its EDropout run ends (they need its size), so no CPU waits
+    # for the other seeds' EDropout runs
+    running = {launch("edropout", s, {}): s for s in seeds}
+    edropout, pending = {}, {}
+    while running:
+        [done], _ = ray.wait(list(running))
+        seed = running.pop(done)
+        edropout[seed] = report = ray.get(done)
+        _progress(f"EDropout done for seed {seed}; running {', '.join(baselines) or 'nothing else'} for it")
+        # held to the parameters (not only the units) that the same seed's EDropout kept
+        size = {"prune_target": report["units_kept_fraction"], "prune_target_params": report["params_kept_fraction"],
+                "kept_per_group": report["kept_per_group"]}
+        pending |= {(name, seed): launch(name, seed, changes | size) for name, changes in baselines.items()}
+    reports = {("edropout", s): edropout[s] for s in seeds}
     reports |= dict(zip(pending, ray.get(list(pending.values()))))
     rows = [{"method": name, "seed": seed, **{m: float(r[m]) for m in METRICS}} for (name, seed), r in reports.items()]
     dense = [{"method": "dense", "seed": s, "top1": r["dense_top1"], "top5": r["dense_top5"], "params_kept_fraction": 1.0,
