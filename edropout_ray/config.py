@@ -66,17 +66,17 @@ class Config:
     # schedule: dense steps first (a share of the run's steps), so the search starts on trained weights;
     # the learner trains one of the `train_top` lowest-energy states (1 = the best); search: false freezes
     # the energy-best initial state at the first step after the warm-up (the no-search ablation)
-    dense_warmup: float = 0.25
+    dense_warmup: float = 0.15
     train_top: int = 1
     search: bool = True
     # until the freeze the learner trains the best state(s) (the paper) or every unit (dense: every state is
     # then scored on equally trained weights); freeze_by: share of the run's steps by which the population
     # freezes at the latest (null: only when it converges)
     train_while_searching: str = "dense"
-    freeze_by: float | None = 0.5
+    freeze_by: float | None = 0.3
     # once the mask freezes the cosine rate goes on from where it is (continue) or starts again from lr and
     # anneals over the steps left (restart: the pruned network fine-tuned as after learning-rate rewinding)
-    lr_after_freeze: str = "continue"
+    lr_after_freeze: str = "restart"
     # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
     # search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "searched"

@@ -311,7 +311,7 @@ def test_lr_restart_rewinds_the_rate_when_the_mask_freezes_and_survives_a_checkp
 
 def test_lr_after_freeze_continue_keeps_one_cosine(digits_batch):
     x, y = digits_batch
-    config = Config(seed=0, lr=0.1, dense_warmup=0.25, freeze_by=0.5, converge_after=None)
+    config = Config(seed=0, lr=0.1, dense_warmup=0.25, freeze_by=0.5, converge_after=None, lr_after_freeze="continue")
     torch.manual_seed(0)
     engine = EDropoutEngine(PruningSpace(small_cnn(), x), config, total_steps=8)
     engine.plan(total_steps=8)
