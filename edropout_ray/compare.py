@@ -1,7 +1,8 @@
 """`edropout-ray compare`: EDropout against DropNet, random and L1 pruning, same budget and seeds.
 
-Every (method, seed) is one Ray task running the ordinary one-process `run`, so the methods train
-in parallel as far as the cluster's CPUs allow. EDropout runs first for each seed; the baselines
+Every (method, seed) is one Ray task running the ordinary one-process `run` and holding the
+learner's resources (`learner_cpus`, `learner_gpus`), so the methods train in parallel as far as
+the cluster's CPUs and GPUs allow, and nothing trains in the driver. EDropout runs first for each seed; the baselines
 are then pruned to the fraction of parameters that seed's EDropout kept, so points line up.
 """
 
@@ -36,9 +37,10 @@ METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_
 
 
 def _one_run(config_values: dict, folder: str) -> dict:
+    from .distributed.placement import on_reserved_device
     from .train import run
 
-    report = run(Config.from_dict(config_values), folder, progress=False)
+    report = run(on_reserved_device(Config.from_dict(config_values)), folder, progress=False)
     report["units_kept_fraction"] = report["units_kept"] / report["units_total"]
     return report
 
@@ -48,6 +50,7 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
     """Run EDropout and every other method (or those in `methods`) for every seed; write runs.parquet,
     summary.parquet, comparison.md and .png."""
     from .distributed.cluster import connect
+    from .distributed.placement import learner_options
 
     if len(seeds) < 1:
         raise ValueError("give at least one seed")
@@ -59,7 +62,7 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     connect(config.replace(shards=0), address)
-    task = ray.remote(num_cpus=1)(_one_run)
+    task = ray.remote(_one_run).options(**learner_options(config))
     base = config.replace(shards=0, checkpoint_every=0, method="edropout").to_dict()
 
     def launch(name: str, seed: int, changes: dict):

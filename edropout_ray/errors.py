@@ -36,3 +36,7 @@ class RunLostError(EDropoutError):
     """
 
     exit_code = 3
+
+
+class DenseBaselineError(EDropoutError):
+    """The dense baseline's Ray task failed; the pruned run's own artifacts are written before this is raised."""

@@ -25,6 +25,7 @@ from ray import tune
 
 from .artifacts import checkpoint
 from .config import Config
+from .distributed.placement import learner_bundle, on_reserved_device
 from .errors import ConfigError
 from .artifacts.plotting import png_figure
 
@@ -117,10 +118,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 # ---- one trial ---------------------------------------------------------------------------------
 def trial_resources(config: Config) -> tune.PlacementGroupFactory:
-    """The driver of the trial (the coordinator; also the learner when shards = 0), then the shards."""
+    """The driver of the trial (the coordinator; the learner itself when shards = 0, holding the learner's
+    CPUs and GPUs), then the learner and the shards."""
     if config.shards == 0:
-        return tune.PlacementGroupFactory([{"CPU": 1}])
-    bundles = [{"CPU": 0.01}, {"CPU": config.learner_cpus, "GPU": config.learner_gpus}]
+        return tune.PlacementGroupFactory([learner_bundle(config)])
+    bundles = [{"CPU": 0.01}, learner_bundle(config)]
     bundles += [{"CPU": config.shard_cpus, "GPU": config.shard_gpus} for _ in range(config.shards)]
     return tune.PlacementGroupFactory([{k: v for k, v in b.items() if v} or {"CPU": 0.01} for b in bundles])
 
@@ -134,7 +136,7 @@ def train_trial(values: dict) -> None:
     values = dict(values)
     params_weight = values.pop("_params_weight", 0.0)
     config = Config.from_dict(values)
-    setup = prepare(config)
+    setup = prepare(on_reserved_device(config) if config.shards == 0 else config)
     space = setup.new_space()
     total_params = sum(p.numel() for p in space.model.parameters() if p.requires_grad)
 

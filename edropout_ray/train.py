@@ -13,7 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .artifacts import checkpoint, history
 from .baselines.pruners import run_baseline
@@ -21,8 +20,9 @@ from .baselines.torch_pruning import METHODS as TP_METHODS, run_torch_pruning
 from .config import Config
 from .training.step import EDropoutEngine
 from .evolution.population import kept_per_group
-from .errors import CheckpointError, ConfigError, RunLostError
-from .pruning.evaluation import evaluate
+from .distributed.placement import here
+from .errors import CheckpointError, ConfigError, DenseBaselineError, RunLostError
+from .training.dense import train_dense
 from .training.loop import TrainLoop
 from .artifacts.onnx_model import require_onnx
 from .artifacts.report import build_report, write_report
@@ -72,7 +72,11 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
     elif config is None:
         raise ValueError("a config is needed unless resuming")
     with _local_folder(storage) as output:
-        return _run(config, storage, output, payload, progress, address)
+        report = _run(config, storage, output, payload, progress, address)
+    if "dense_error" in report:
+        raise DenseBaselineError(f"{report['dense_error']}. The pruned run finished and its artifacts are in "
+                                 f"{output_dir}; set dense_baseline: false to run without the dense baseline")
+    return report
 
 
 @contextlib.contextmanager
@@ -111,15 +115,12 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
         pruned.freeze_reason
     edropout_seconds = time.perf_counter() - started
 
-    dense = None
+    dense, dense_error = None, None
     if config.dense_baseline:
-        dense_space = setup.new_space()
-        all_kept = torch.ones(dense_space.num_units, dtype=torch.bool)
-        dense_engine = EDropoutEngine(dense_space, config, total_steps=config.epochs * steps_per_epoch(setup))
-        dense_loop = TrainLoop(dense_engine, setup, "dense", state=all_kept)
-        dense_loop.run(progress)
-        dense = {"test": evaluate(dense_space, all_kept, setup.test_loader, setup.device),
-                 "epochs": dense_loop.epoch_rows}
+        try:
+            dense = _dense_baseline(setup, progress)
+        except DenseBaselineError as error:  # the pruned run's artifacts are still written; run() raises it then
+            dense_error = str(error)
 
     np.save(output / "final_mask.npy", final_mask.cpu().numpy())
     if step_rows:
@@ -133,6 +134,11 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     report["shards"] = config.shards
     report["freeze_reason"] = freeze_reason
     report["kept_per_group"] = kept_per_group(final_mask.cpu(), space.group_sizes).tolist()
+    report["placement"] = here()
+    if dense is not None:
+        report["dense_placement"] = dense["placement"]
+    if dense_error is not None:
+        report["dense_error"] = dense_error
     write_report(report, output)
     return report
 
@@ -152,6 +158,16 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payloa
     finally:
         engine.close()
     return PrunedRun(engine.best_state.clone(), loop.epoch_rows, loop.step_rows, engine.freeze_reason)
+
+
+def _dense_baseline(setup: RunSetup, progress: bool) -> dict:
+    """Where the learner trains: in this process for `shards: 0` (a one-process run, a `compare` task,
+    a trial), else a Ray task with the learner's resources, so a run's driver only coordinates."""
+    if setup.config.shards == 0:
+        return train_dense(setup, progress) | {"placement": here()}
+    from .distributed.placement import train_dense_on_ray
+
+    return train_dense_on_ray(setup.config, progress)
 
 
 def _converged_at(step_rows) -> int | None:

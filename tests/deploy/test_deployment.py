@@ -26,6 +26,7 @@ LAUNCHER_CONFIGS = [ROOT / "clusters" / "aws.yaml", ROOT / "clusters" / "gcp.yam
 RAYCLUSTER = ROOT / "clusters" / "kuberay" / "raycluster.yaml"
 RAYJOB = ROOT / "clusters" / "kuberay" / "rayjob.yaml"
 GPU = "nvidia.com/gpu"
+GPU_PINS = "docker/requirements-gpu.txt"  # torch and torchvision's CUDA build (tests/deploy/test_gpu_image.py)
 
 
 # ---------------------------------------------------------------- readers
@@ -290,10 +291,16 @@ def test_dockerfile_pip_installs_the_copied_project_and_nothing_else():
     words = shlex.split(command)
     start = words.index("install")
     assert words[start - 1] == "pip" or words[start - 2:start] == ["-m", "pip"], command
-    options = [w for w in words[start + 1:] if w.startswith("-")]
-    targets = [w for w in words[start + 1:] if not w.startswith("-")]
+    rest = words[start + 1:]
+    pins = [rest[i + 1] for i, w in enumerate(rest) if w in ("-r", "--requirement")]
+    assert pins == [GPU_PINS], f"pip must take torch's CUDA build from {GPU_PINS} (and nothing else), got {pins}"
+    assert image_path_to_repo(posixpath.join(workdir, GPU_PINS)) == ROOT / GPU_PINS, f"{GPU_PINS} is not copied"
+    rest = [w for i, w in enumerate(rest) if w not in ("-r", "--requirement") and (i == 0 or rest[i - 1] not in
+                                                                                     ("-r", "--requirement"))]
+    options = [w for w in rest if w.startswith("-")]
+    targets = [w for w in rest if not w.startswith("-")]
     assert targets == ["."], f"pip must install only the project source (pyproject's dependencies), got {targets}"
-    assert not {"-e", "--editable", "-r", "--requirement", "--no-deps"} & set(options), options
+    assert not {"-e", "--editable", "--no-deps"} & set(options), options
     # what setuptools needs to build the project must be in the image where pip runs
     project = pyproject()
     needed = ["pyproject.toml", project["project"].get("readme")]

@@ -30,6 +30,21 @@ def test_sweep_config_is_valid(path):
     assert spec.search, "a sweep searches something"
 
 
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_temperatures_are_on_the_energies_scale(path):
+    """docs/quality.md: the margin energies (kappa 10) of a population differ by about 0.1 to 0.3, and at
+    T = 1 nearly every child was accepted and the network stayed at chance. Above T = 0.1 a child worse
+    by 0.1 is accepted more often than 1 time in 3."""
+    spec = load_sweep(path)
+    drawn = [spec.base.get("temperature", 0.0)]
+    for section in (spec.search, spec.mutations):
+        if "temperature" in section:
+            drawn += next(iter(section["temperature"].values()))  # grid/choice values, or a range's bounds
+    assert all(0 <= t <= 0.1 for t in drawn), f"{path.name} draws temperatures {drawn}"
+    assert spec.base.get("energy", "margin") == "margin" and spec.base.get("kappa", 10.0) == 10.0, (
+        "the bound holds for the margin energy at kappa 10; rescale it with the energy")
+
+
 def test_paper_experiments_are_all_there():
     names = {p.stem for p in (JOBS / "paper").glob("*.yaml")}
     for dataset in ("fashion_mnist", "kmnist", "cifar10", "cifar100", "flowers102"):

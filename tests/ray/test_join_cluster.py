@@ -37,3 +37,6 @@ def test_ray_job_submit_runs_a_training_job(ray_head, tmp_path):
     assert "succeeded" in done.stdout + done.stderr
     report = json.loads((output / "report.json").read_text())
     assert report["shards"] == 2 and report["units_kept"] < report["units_total"]
+    # jobs/demo.yaml's dense baseline: a task of its own with the learner's CPU, not the job's driver
+    assert "dense_top1" in report and report["dense_placement"]["resources"] == {"CPU": 1.0}
+    assert report["dense_placement"]["pid"] != report["placement"]["pid"]

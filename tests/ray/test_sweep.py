@@ -133,3 +133,4 @@ def test_trial_reserves_learner_and_shards_together():
     bundles = trial_resources(Config(shards=3, shard_gpus=1, learner_gpus=1)).bundles
     assert len(bundles) == 5 and sum(b.get("GPU", 0) for b in bundles) == 4
     assert trial_resources(Config()).bundles == [{"CPU": 1}]
+    assert trial_resources(Config(learner_gpus=1)).bundles == [{"CPU": 1, "GPU": 1}], "shards: 0: the GPU it uses"
