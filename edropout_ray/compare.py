@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
+from .artifacts.storage import Folder, open_folder
 from .config import Config
 from .errors import ConfigError
 from .artifacts.plotting import png_figure
@@ -38,16 +38,18 @@ METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_
 def _one_run(config_values: dict, folder: str) -> dict:
     from .train import run
 
-    report = run(Config.from_dict(config_values), folder, progress=False)
+    # the output was checked reachable from every node before the tasks started (compare's require_reachable)
+    report = run(Config.from_dict(config_values), folder, progress=False, shared_mount=True)
     report["units_kept_fraction"] = report["units_kept"] / report["units_total"]
     return report
 
 
-def compare(config: Config, output: str | Path, seeds: list[int], address: str | None = None,
-            methods: list[str] | None = None) -> list[dict]:
+def compare(config: Config, output: str | Path | Folder, seeds: list[int], address: str | None = None,
+            methods: list[str] | None = None, shared_mount: bool = False) -> list[dict]:
     """Run EDropout and every other method (or those in `methods`) for every seed; write runs.parquet,
-    summary.parquet, comparison.md and .png."""
-    from .distributed.cluster import connect
+    summary.parquet, comparison.md and .png into `output` (a folder or a pyarrow.fs URI), every run in
+    its own folder inside it (`<method>/seed<N>`)."""
+    from .distributed.cluster import connect, require_reachable
 
     if len(seeds) < 1:
         raise ValueError("give at least one seed")
@@ -56,15 +58,15 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
         raise ConfigError(f"unknown method {', '.join(unknown)} in --methods; the methods are edropout, "
                           f"{', '.join(BASELINES)}")
     baselines = {name: changes for name, changes in BASELINES.items() if methods is None or name in methods}
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = open_folder(output)
     connect(config.replace(shards=0), address)
+    require_reachable(output, shared_mount)
     task = ray.remote(num_cpus=1)(_one_run)
     base = config.replace(shards=0, checkpoint_every=0, method="edropout").to_dict()
 
     def launch(name: str, seed: int, changes: dict):
         values = base | {"seed": seed, "dense_baseline": base["dense_baseline"] and name == "edropout"} | changes
-        return task.remote(values, str(output / name / f"seed{seed}"))
+        return task.remote(values, str(output.child(f"{name}/seed{seed}")))
 
     edropout = dict(zip(seeds, ray.get([launch("edropout", s, {}) for s in seeds])))
     _progress(f"EDropout done for seeds {seeds}; running {', '.join(baselines)}")
@@ -79,11 +81,12 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
               "macs_kept_fraction": 1.0, "units_kept_fraction": 1.0, "wall_seconds": float("nan")}
              for s, r in edropout.items() if "dense_top1" in r]
     rows += dense
-    pq.write_table(pa.Table.from_pylist(rows), output / "runs.parquet")
     summary = summarize(rows)
-    pq.write_table(pa.Table.from_pylist(summary), output / "summary.parquet")
-    (output / "comparison.md").write_text(markdown_table(summary, config, seeds))
-    plot(rows, output / "comparison.png")
+    output.write_table("runs.parquet", pa.Table.from_pylist(rows))
+    output.write_table("summary.parquet", pa.Table.from_pylist(summary))
+    output.write_text("comparison.md", markdown_table(summary, config, seeds))
+    with output.staged() as local:
+        plot(rows, local / "comparison.png")
     return summary
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+import uuid
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -110,3 +112,45 @@ def ray_head_processes(port: int) -> list[int]:
                for token in tokens):
             found.append(int(entry))
     return sorted({pid for root in found for pid in [root, *descendants(root)]})
+
+
+# what a node needs to reach the local S3 endpoint (moto takes any key; no instance metadata is asked)
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A bucket on a local S3 endpoint, with the URIs the CLI takes and a pyarrow filesystem to look inside."""
+
+    name: str
+    endpoint: str
+
+    @classmethod
+    def create(cls, endpoint: str) -> "S3Bucket":
+        bucket = cls(f"test-{uuid.uuid4().hex[:12]}", endpoint)
+        bucket.filesystem.create_dir(bucket.name)
+        return bucket
+
+    @property
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", allow_bucket_creation=True,
+                                 access_key=S3_ENV["AWS_ACCESS_KEY_ID"], secret_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                                 region=S3_ENV["AWS_DEFAULT_REGION"])
+
+    def uri(self, path: str) -> str:
+        return f"s3://{self.name}/{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def files(self, path: str = "") -> set[str]:
+        """Every file under `path`, relative to it."""
+        import pyarrow.fs as pafs
+
+        root = f"{self.name}/{path}".rstrip("/")
+        infos = self.filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        return {info.path[len(root) + 1:] for info in infos if info.type == pafs.FileType.File}
+
+    def read(self, path: str) -> bytes:
+        with self.filesystem.open_input_stream(f"{self.name}/{path}") as stream:
+            return stream.read()
