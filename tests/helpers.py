@@ -7,10 +7,12 @@ fixtures stay in conftest.py files.
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 import uuid
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchvision
 
@@ -154,3 +156,31 @@ class S3Bucket:
     def read(self, path: str) -> bytes:
         with self.filesystem.open_input_stream(f"{self.name}/{path}") as stream:
             return stream.read()
+
+
+def write_idx(path, array: np.ndarray, gz: bool = False):
+    """uint8 idx file: magic 0x0000 08 <ndim>, big-endian int32 dims, raw bytes; gzipped as `path`.gz if gz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (0x0800 + array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    content = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(content))
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def write_digits_as_fashion_mnist(folder) -> int:
+    """scikit-learn's 8x8 digits as the four idx files of Fashion-MNIST (a flat folder), so a test reads a real
+    file data set without a download; returns the number of training images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).round().astype(np.uint8)
+    split = len(images) * 4 // 5
+    for prefix, part in (("train", slice(None, split)), ("t10k", slice(split, None))):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images[part], gz=True)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", digits.target[part], gz=True)
+    return split
