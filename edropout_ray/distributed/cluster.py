@@ -57,7 +57,7 @@ def require_reachable(storage: Folder, shared_mount: bool = False) -> None:
     here = ray.get_runtime_context().get_node_id()
     cpus_here = sum(node["Resources"].get("CPU", 0) for node in nodes if node["NodeID"] == here)
     if len(nodes) > 1 or cpus_here == 0:
-        where = f"a cluster of {len(nodes)} nodes" if len(nodes) > 1 else "a head without CPUs"
+        where = f"a cluster of {len(nodes)} nodes" if len(nodes) > 1 else "a cluster whose head has no CPUs"
         raise ConfigError(f"{storage} is a folder on this node's disk, which the other nodes of {where} cannot "
                           f"reach: give a bucket URI (s3://bucket/path, gs://bucket/path) or a folder on a mount "
                           f"every node sees, declared with {SHARED_MOUNT_FLAG}")
