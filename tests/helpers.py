@@ -184,3 +184,12 @@ def write_digits_as_fashion_mnist(folder) -> int:
         write_idx(folder / f"{prefix}-images-idx3-ubyte", images[part], gz=True)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", digits.target[part], gz=True)
     return split
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a Ray head, a dashboard, a node's agents)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

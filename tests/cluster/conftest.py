@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import S3_ENV, ray_head_processes
+from helpers import S3_ENV, free_port, ray_head_processes
 
 WORKER_NODES = 2
 WORKER_CPUS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -44,7 +37,7 @@ class LocalCluster:
 
 
 def _ray_start(ray: str, env: dict, *args: str) -> None:
-    ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                      "metrics-export-port", "runtime-env-agent-port")]
     done = subprocess.run([ray, "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *ports, *args],
                           env=env, capture_output=True, text=True, timeout=180)
@@ -63,7 +56,7 @@ def local_cluster(tmp_path, s3_endpoint):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     try:
         _ray_start(ray, env, "--head", f"--port={port}", "--num-cpus=0", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}")
