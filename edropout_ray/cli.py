@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from .errors import ConfigError, EDropoutError
+
+
+SHARED_HELP = ("the local --output (or --resume) folder is on a mount every node of the cluster sees (NFS, EFS, "
+               "Filestore, a Kubernetes volume); without it a local folder is refused on a multi-node cluster")
+OUTPUT_HELP = "folder, or pyarrow.fs URI (s3://bucket/path, gs://..., with options such as ?endpoint_override=host:port)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,9 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of config keys (keys: docs/config.md)")
     train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override config keys: --set a=1 b=2, or --set a=1 --set b=2; values are read as YAML")
-    train.add_argument("--output", help="folder, or pyarrow.fs URI (s3://, gs://), for report.json, the pruned model, "
-                       "history, plot, checkpoints")
-    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output folder is DIR")
+    train.add_argument("--output", help=f"{OUTPUT_HELP}, for report.json, the pruned model, history, plot, checkpoints")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose output (folder or URI) is DIR")
+    train.add_argument("--shared-mount", action="store_true", help=SHARED_HELP)
     train.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a "
                        "local Ray when shards > 0 (inside `ray job submit` the job's cluster is used)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -31,15 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="EDropout against DropNet, random and L1 pruning, over seeds")
     compare.add_argument("--config", help="YAML file of config keys (the budget every method gets)")
     compare.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
-    compare.add_argument("--output", required=True, help="folder for runs.parquet, summary, comparison.md/.png")
+    compare.add_argument("--output", required=True, help=f"{OUTPUT_HELP}, for every run's folder, runs.parquet, "
+                         "summary.parquet, comparison.md/.png")
+    compare.add_argument("--shared-mount", action="store_true", help=SHARED_HELP)
     compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
     compare.add_argument("--methods", help="comma-separated methods besides edropout (default: all)")
 
     sweep = commands.add_parser("sweep", help="Ray Tune sweep over config keys (grid, random, ASHA, PBT)")
     sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (keys: docs/config.md)")
-    sweep.add_argument("--output", help="folder for the sweep (Tune's state, trials.parquet, pareto.png, best/)")
-    sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
+    sweep.add_argument("--output", help=f"{OUTPUT_HELP}, for the sweep: Tune's experiment, trials.parquet, "
+                       "pareto.png, best/")
+    sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR (folder or URI)")
+    sweep.add_argument("--shared-mount", action="store_true", help=SHARED_HELP)
     sweep.add_argument("--address", help="join a Ray cluster; default: a local Ray")
 
     models = commands.add_parser("models", help="list the architectures that can be pruned, or check one")
@@ -75,12 +83,14 @@ def _train(args) -> None:
         given = base.replace(**dict(parse_override(text) for text in args.overrides))
     else:
         given = load_config(args.config, args.overrides)
-    report = run(given, folder, progress=not args.quiet, resume=bool(args.resume), address=args.address)
+    report = run(given, folder, progress=not args.quiet, resume=bool(args.resume), address=args.address,
+                 shared_mount=args.shared_mount)
     print(format_table(report))
     print(f"\nwritten to {folder}/ (report.json, pruned model, history.parquet, training.png)")
 
 
 def _compare(args) -> None:
+    from .artifacts.storage import open_folder
     from .compare import compare
     from .config import load_config
 
@@ -89,26 +99,25 @@ def _compare(args) -> None:
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     methods = args.methods.split(",") if args.methods else None
-    compare(load_config(args.config, args.overrides), args.output, seeds, address=args.address, methods=methods)
-    print(Path(args.output, "comparison.md").read_text())
+    compare(load_config(args.config, args.overrides), args.output, seeds, address=args.address, methods=methods,
+            shared_mount=args.shared_mount)
+    print(open_folder(args.output).read_text("comparison.md"))
     print(f"written to {args.output}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
 
 
 def _sweep(args) -> None:
-    import json
-
-    from .sweep import SweepSpec, load_sweep, run_sweep
+    from .sweep import load_saved_spec, load_sweep, run_sweep
 
     if bool(args.output) == bool(args.resume):
         raise ConfigError("give --config FILE --output DIR for a new sweep, or --resume DIR to continue one")
     if args.resume:
-        spec = SweepSpec(**json.loads(Path(args.resume, "sweep.json").read_text()))
+        spec = load_saved_spec(args.resume)
     elif not args.config:
         raise ConfigError("a new sweep needs --config FILE")
     else:
         spec = load_sweep(args.config)
     folder = args.resume or args.output
-    rows = run_sweep(spec, folder, resume=bool(args.resume), address=args.address)
+    rows = run_sweep(spec, folder, resume=bool(args.resume), address=args.address, shared_mount=args.shared_mount)
     for row in sorted(rows, key=lambda r: -r["objective"]):
         swept = ", ".join(f"{k}={row[k]}" for k in dict.fromkeys([*spec.search, *spec.mutations]) if k in row)
         print(f"{'*' if row['pareto'] else ' '} val top-1 {row['val_top1']:6.2f}%  params kept "

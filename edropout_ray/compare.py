@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
+from .artifacts.storage import Folder, open_folder
 from .config import Config
 from .errors import ConfigError
 from .artifacts.plotting import png_figure
@@ -40,16 +40,18 @@ def _one_run(config_values: dict, folder: str) -> dict:
     from .distributed.placement import on_reserved_device
     from .train import run
 
-    report = run(on_reserved_device(Config.from_dict(config_values)), folder, progress=False)
+    # the output was checked reachable from every node before the tasks started (compare's require_reachable)
+    report = run(on_reserved_device(Config.from_dict(config_values)), folder, progress=False, shared_mount=True)
     report["units_kept_fraction"] = report["units_kept"] / report["units_total"]
     return report
 
 
-def compare(config: Config, output: str | Path, seeds: list[int], address: str | None = None,
-            methods: list[str] | None = None) -> list[dict]:
+def compare(config: Config, output: str | Path | Folder, seeds: list[int], address: str | None = None,
+            methods: list[str] | None = None, shared_mount: bool = False) -> list[dict]:
     """Run EDropout and every other method (or those in `methods`) for every seed; write runs.parquet,
-    summary.parquet, comparison.md and .png."""
-    from .distributed.cluster import connect
+    summary.parquet, comparison.md and .png into `output` (a folder or a pyarrow.fs URI), every run in
+    its own folder inside it (`<method>/seed<N>`)."""
+    from .distributed.cluster import connect, require_reachable
     from .distributed.placement import learner_options
 
     if len(seeds) < 1:
@@ -59,15 +61,15 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
         raise ConfigError(f"unknown method {', '.join(unknown)} in --methods; the methods are edropout, "
                           f"{', '.join(BASELINES)}")
     baselines = {name: changes for name, changes in BASELINES.items() if methods is None or name in methods}
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = open_folder(output)
     connect(config.replace(shards=0), address)
+    require_reachable(output, shared_mount)
     task = ray.remote(_one_run).options(**learner_options(config))
     base = config.replace(shards=0, checkpoint_every=0, method="edropout").to_dict()
 
     def launch(name: str, seed: int, changes: dict):
         values = base | {"seed": seed, "dense_baseline": base["dense_baseline"] and name == "edropout"} | changes
-        return task.remote(values, str(output / name / f"seed{seed}"))
+        return task.remote(values, str(output.child(f"{name}/seed{seed}")))
 
     # a seed's baselines start as soon as its EDropout run ends (they need its size), so no CPU waits
     # for the other seeds' EDropout runs
@@ -89,11 +91,12 @@ def compare(config: Config, output: str | Path, seeds: list[int], address: str |
               "macs_kept_fraction": 1.0, "units_kept_fraction": 1.0, "wall_seconds": float("nan")}
              for s, r in edropout.items() if "dense_top1" in r]
     rows += dense
-    pq.write_table(pa.Table.from_pylist(rows), output / "runs.parquet")
     summary = summarize(rows)
-    pq.write_table(pa.Table.from_pylist(summary), output / "summary.parquet")
-    (output / "comparison.md").write_text(markdown_table(summary, config, seeds))
-    plot(rows, output / "comparison.png")
+    output.write_table("runs.parquet", pa.Table.from_pylist(rows))
+    output.write_table("summary.parquet", pa.Table.from_pylist(summary))
+    output.write_text("comparison.md", markdown_table(summary, config, seeds))
+    with output.staged() as local:
+        plot(rows, local / "comparison.png")
     return summary
 
 

@@ -135,6 +135,7 @@ class Config:
         self._check_types()
         self._check_ranges()
         self._check_names()
+        self.data_dir = absolute_location(self.data_dir)
 
     def _check_types(self) -> None:
         hints = typing.get_type_hints(Config)
@@ -253,6 +254,13 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return Config.from_dict(self.to_dict() | changes)
+
+
+def absolute_location(location: str) -> str:
+    """A path in a config means the same folder wherever the run goes on: a relative one is made absolute
+    against the directory the command started in, here at load, before Tune gives each trial another
+    working directory (or a Ray task runs elsewhere). A URI (s3://...) is kept as written."""
+    return location if "://" in location else str(Path(location).expanduser().absolute())
 
 
 def _converge_after(value: int | float | None) -> int | float | None:

@@ -24,7 +24,8 @@ import yaml
 from ray import tune
 
 from .artifacts import checkpoint
-from .config import Config
+from .artifacts.storage import Folder, open_folder
+from .config import Config, absolute_location
 from .distributed.placement import learner_bundle, on_reserved_device
 from .errors import ConfigError
 from .artifacts.plotting import png_figure
@@ -41,6 +42,8 @@ DOMAINS = {
     "randint": lambda v: tune.randint(*v),
 }
 METRIC = "objective"
+TUNE_FOLDER = "tune"  # Tune's experiment, inside the sweep's output
+SPEC_FILE = "sweep.json"
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -63,6 +66,7 @@ class SweepSpec:
     max_failures: int = 2  # restarts of a failed trial from its last checkpoint (Tune's FailureConfig)
 
     def __post_init__(self) -> None:
+        self._resolve_paths()
         keys = set(Config.__dataclass_fields__)
         for section in ("search", "mutations"):
             for key, domain in getattr(self, section).items():
@@ -84,6 +88,16 @@ class SweepSpec:
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ConfigError(f"max_failures (restarts of a failed trial) must be an integer >= 0, got "
                               f"{self.max_failures!r}")
+
+    def _resolve_paths(self) -> None:
+        """Relative paths against the directory the sweep started in: trials run in folders of their own."""
+        if isinstance(self.base.get("data_dir"), str):
+            self.base = {**self.base, "data_dir": absolute_location(self.base["data_dir"])}
+        domain = self.search.get("data_dir")
+        if isinstance(domain, dict) and len(domain) == 1 and isinstance(next(iter(domain.values())), list):
+            kind, values = next(iter(domain.items()))
+            self.search = {**self.search, "data_dir": {kind: [absolute_location(v) if isinstance(v, str) else v
+                                                              for v in values]}}
 
     def param_space(self) -> dict:
         return {**self.base, **{key: _domain(key, value) for key, value in self.search.items()}}
@@ -185,36 +199,44 @@ def _scheduler(spec: SweepSpec):
     return FIFOScheduler()
 
 
-def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, address: str | None = None) -> list[dict]:
-    """Run (or continue) the sweep; write trials.parquet, pareto.png, best/ and return the trial rows."""
-    from .distributed.cluster import connect
+def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = False, address: str | None = None,
+              shared_mount: bool = False) -> list[dict]:
+    """Run (or continue) the sweep; write trials.parquet, pareto.png, best/ and return the trial rows.
 
-    output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    `output` is a local folder or a pyarrow.fs URI (s3://bucket/sweep?endpoint_override=...): Tune keeps
+    its experiment there through the same filesystem, so trials on any node checkpoint into it.
+    """
+    from .distributed.cluster import connect, require_reachable
+
+    output = open_folder(output)
     probe = Config.from_dict({**spec.base, **{k: _example(v) for k, v in spec.search.items()}})
     if "onnx" in probe.export_formats:
         from .artifacts.onnx_model import require_onnx
 
         require_onnx()  # the best trial's export needs it: fail before the trials run, not after
     connect(Config(), address)
+    require_reachable(output, shared_mount)
     trainable = tune.with_resources(train_trial, trial_resources(probe))
-    tuner_path = output / "tune"
+    # Tune is given the filesystem itself: a URI's query options (endpoint_override, ...) reach every trial
+    filesystem = None if output.is_local else output.filesystem
     if resume:
-        if not tuner_path.is_dir():
-            raise ConfigError(f"no sweep to resume in {output}: {tuner_path} is missing")
-        tuner = tune.Tuner.restore(str(tuner_path), trainable, resume_unfinished=True, restart_errored=True)
+        if not output.has_folder(TUNE_FOLDER):
+            raise ConfigError(f"no sweep to resume in {output}: {output.file(TUNE_FOLDER)} is missing")
+        tuner = tune.Tuner.restore(output.file(TUNE_FOLDER), trainable, resume_unfinished=True, restart_errored=True,
+                                   storage_filesystem=filesystem)
     else:
-        if tuner_path.exists():
-            raise ConfigError(f"{tuner_path} exists: pass --resume to continue that sweep, or choose a new --output")
-        (output / "sweep.json").write_text(json.dumps(spec.__dict__, indent=2, default=str))
+        if output.has_folder(TUNE_FOLDER):
+            raise ConfigError(f"{output.file(TUNE_FOLDER)} exists: pass --resume to continue that sweep, or choose "
+                              "a new --output")
+        output.write_text(SPEC_FILE, json.dumps(spec.__dict__, indent=2, default=str))
         tuner = tune.Tuner(
             trainable,
             param_space={**spec.param_space(), "_params_weight": spec.params_weight},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=_scheduler(spec),
                                         num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent or None),
             # PBT exploits copy another trial's checkpoint, which must still exist then: keep them all
-            run_config=tune.RunConfig(name="tune", storage_path=str(output), verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            run_config=tune.RunConfig(name=TUNE_FOLDER, storage_path=output.path, storage_filesystem=filesystem,
+                                      verbose=1, failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(
                                           num_to_keep=None if spec.scheduler == "pbt" else 2)),
         )
@@ -223,11 +245,20 @@ def run_sweep(spec: SweepSpec, output: str | Path, *, resume: bool = False, addr
                                f"edropout-ray sweep --resume {output}")
     results = tuner.get_results()
     rows = collect(results, list(spec.search) + list(spec.mutations))
-    pq.write_table(pa.Table.from_pylist(rows), output / "trials.parquet")
-    plot_pareto(rows, output / "pareto.png")
     best = results.get_best_result(metric=METRIC, mode="max")
-    export_best(best, output / "best")
+    with output.staged() as local:
+        pq.write_table(pa.Table.from_pylist(rows), local / "trials.parquet")
+        plot_pareto(rows, local / "pareto.png")
+        export_best(best, local / "best")
     return rows
+
+
+def load_saved_spec(output: str | Path | Folder) -> SweepSpec:
+    """The spec a sweep saved in its output (for --resume)."""
+    output = open_folder(output)
+    if not output.exists(SPEC_FILE):
+        raise ConfigError(f"no sweep to resume in {output}: {output.file(SPEC_FILE)} is missing")
+    return SweepSpec(**json.loads(output.read_text(SPEC_FILE)))
 
 
 def _fit_was_interrupted(tuner) -> bool:

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
+import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -57,12 +57,14 @@ def resume_config(output: Folder, given: Config | None) -> Config:
     return saved
 
 
-def run(config: Config | None, output_dir: str | Path, progress: bool = True, *, resume: bool = False,
-        address: str | None = None) -> dict:
+def run(config: Config | None, output_dir: str | Path | Folder, progress: bool = True, *, resume: bool = False,
+        address: str | None = None, shared_mount: bool = False) -> dict:
     """Prune with the configured method, export the pruned model, write every artifact, return the report.
 
     `output_dir` is a local folder or a pyarrow.fs URI (s3://...): config and checkpoints are written
     there as the run goes; with a URI the other artifacts are made in a local folder, then uploaded.
+    On a cluster a local folder must be on a mount every node sees (`shared_mount`), or the run is
+    refused before any work.
     """
     storage = open_folder(output_dir)
     payload = None
@@ -71,7 +73,12 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
         payload = checkpoint.load_checkpoint(storage)  # before anything is written: a bad one is left alone
     elif config is None:
         raise ValueError("a config is needed unless resuming")
-    with _local_folder(storage) as output:
+    if _uses_ray(config, address):
+        from .distributed.cluster import connect, require_reachable
+
+        connect(config, address)
+        require_reachable(storage, shared_mount)
+    with storage.staged() as output:
         report = _run(config, storage, output, payload, progress, address)
     if "dense_error" in report:
         raise DenseBaselineError(f"{report['dense_error']}. The pruned run finished and its artifacts are in "
@@ -79,15 +86,11 @@ def run(config: Config | None, output_dir: str | Path, progress: bool = True, *,
     return report
 
 
-@contextlib.contextmanager
-def _local_folder(storage: Folder):
-    if storage.is_local:
-        Path(storage.path).mkdir(parents=True, exist_ok=True)
-        yield Path(storage.path)
-        return
-    with tempfile.TemporaryDirectory(prefix="edropout-run-") as staging:
-        yield Path(staging)
-        storage.upload(Path(staging))
+def _uses_ray(config: Config, address: str | None) -> bool:
+    """Shards and streamed data run on Ray; so does any run given a cluster (or inside a Ray job or task)."""
+    ray = sys.modules.get("ray")  # not imported: not initialized either (and a one-process run skips the import)
+    return bool(config.shards or config.dataset == "parquet" or address or os.environ.get("RAY_ADDRESS")
+                or (ray is not None and ray.is_initialized()))
 
 
 def _run(config: Config, storage: Folder, output: Path, payload: dict | None, progress: bool,
@@ -95,10 +98,6 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     started = time.perf_counter()
     if "onnx" in config.export_formats:
         require_onnx()  # the config loads without onnx; the run stops before any work when it is missing
-    if config.dataset == "parquet":
-        from .distributed.cluster import connect
-
-        connect(config, address)  # Ray Data streams the shards
     setup = prepare(config)
     space = setup.new_space()
     log.info("pruning space: %s", space.describe())

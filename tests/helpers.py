@@ -7,8 +7,12 @@ fixtures stay in conftest.py files.
 from __future__ import annotations
 
 import functools
+import gzip
 import os
+import uuid
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchvision
 
@@ -110,3 +114,82 @@ def ray_head_processes(port: int) -> list[int]:
                for token in tokens):
             found.append(int(entry))
     return sorted({pid for root in found for pid in [root, *descendants(root)]})
+
+
+# what a node needs to reach the local S3 endpoint (moto takes any key; no instance metadata is asked)
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A bucket on a local S3 endpoint, with the URIs the CLI takes and a pyarrow filesystem to look inside."""
+
+    name: str
+    endpoint: str
+
+    @classmethod
+    def create(cls, endpoint: str) -> "S3Bucket":
+        bucket = cls(f"test-{uuid.uuid4().hex[:12]}", endpoint)
+        bucket.filesystem.create_dir(bucket.name)
+        return bucket
+
+    @property
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, scheme="http", allow_bucket_creation=True,
+                                 access_key=S3_ENV["AWS_ACCESS_KEY_ID"], secret_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+                                 region=S3_ENV["AWS_DEFAULT_REGION"])
+
+    def uri(self, path: str) -> str:
+        return f"s3://{self.name}/{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def files(self, path: str = "") -> set[str]:
+        """Every file under `path`, relative to it."""
+        import pyarrow.fs as pafs
+
+        root = f"{self.name}/{path}".rstrip("/")
+        infos = self.filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        return {info.path[len(root) + 1:] for info in infos if info.type == pafs.FileType.File}
+
+    def read(self, path: str) -> bytes:
+        with self.filesystem.open_input_stream(f"{self.name}/{path}") as stream:
+            return stream.read()
+
+
+def write_idx(path, array: np.ndarray, gz: bool = False):
+    """uint8 idx file: magic 0x0000 08 <ndim>, big-endian int32 dims, raw bytes; gzipped as `path`.gz if gz."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (0x0800 + array.ndim).to_bytes(4, "big")
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    content = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(content))
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def write_digits_as_fashion_mnist(folder) -> int:
+    """scikit-learn's 8x8 digits as the four idx files of Fashion-MNIST (a flat folder), so a test reads a real
+    file data set without a download; returns the number of training images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).round().astype(np.uint8)
+    split = len(images) * 4 // 5
+    for prefix, part in (("train", slice(None, split)), ("t10k", slice(split, None))):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images[part], gz=True)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", digits.target[part], gz=True)
+    return split
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a Ray head, a dashboard, a node's agents)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

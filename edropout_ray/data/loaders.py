@@ -16,6 +16,7 @@ from .digits import load_digits
 from .flowers import load_flowers
 from .idx import FOLDERS, load_mnist_like
 from .imagefolder import load_imagefolder
+from .locations import is_uri, local_copy
 
 _LOADERS: dict[str, Callable[[str, Path, Options], DataSplits]] = {
     "digits": load_digits,
@@ -40,6 +41,8 @@ def load_dataset(
 ) -> DataSplits:
     """Load ``name`` from ``data_dir`` as train/val/test splits (see the package docstring).
 
+    ``data_dir`` is a local folder or a pyarrow.fs URI (s3://bucket/fashion_mnist), whose folder is
+    copied once per node into a local cache: point it at one data set's files, not a bucket of many.
     ``image_size``/``channels`` default to the dataset's native values; ``channels=3`` repeats
     a gray channel (torchvision models expect RGB), ``channels=1`` converts colour to gray.
     Validation is a ``seed``-ed random ``val_fraction`` of the training files, except for
@@ -57,7 +60,9 @@ def load_dataset(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     opts = Options(size=size, channels=out_channels, seed=seed, val_fraction=val_fraction, augment=augment)
-    return _LOADERS[name](name, Path(data_dir).expanduser(), opts)
+    # digits needs no files; a URI's files are fetched once per node (locations.local_copy)
+    root = Path(data_dir).expanduser() if name == "digits" or not is_uri(data_dir) else local_copy(data_dir)
+    return _LOADERS[name](name, root, opts)
 
 
 def make_loader(
@@ -91,6 +96,9 @@ def download_dataset(name: str, data_dir: str | os.PathLike) -> Path:
     """
     if name not in _LOADERS:
         raise unknown_dataset(name)
+    if is_uri(data_dir):
+        raise ValueError(f"download into a local folder, then copy it to {data_dir} (aws s3 sync, gcloud storage "
+                         "rsync, ...): --data-dir must be local")
     if name == "imagefolder":
         raise ValueError("imagefolder data cannot be downloaded; put your images in DIR/train/<class>/ "
                          "and DIR/val/<class>/ (optionally DIR/test/<class>/)")

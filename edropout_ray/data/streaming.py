@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .common import IMAGENET_MEAN, IMAGENET_STD
+from .locations import resolve, join
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -50,21 +51,23 @@ def _image_files(class_dir: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _write_split(items: list[tuple[Path, int]], out_dir: Path, rows_per_shard: int) -> None:
+def _write_split(items: list[tuple[Path, int]], filesystem: pafs.FileSystem, out_dir: str, rows_per_shard: int) -> None:
     """Read and write one shard at a time, so memory holds at most ``rows_per_shard`` files."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("part-*.parquet"):  # a previous conversion must not leave extra shards
-        stale.unlink()
+    filesystem.create_dir(out_dir, recursive=True)
+    for stale in filesystem.get_file_info(pafs.FileSelector(out_dir)):  # a previous conversion's extra shards
+        if stale.base_name.startswith("part-") and stale.base_name.endswith(".parquet"):
+            filesystem.delete_file(stale.path)
     for shard, start in enumerate(range(0, len(items), rows_per_shard)):
         chunk = items[start:start + rows_per_shard]
         table = pa.table({"image": [path.read_bytes() for path, _ in chunk],
                           "label": [label for _, label in chunk]}, schema=SCHEMA)
-        pq.write_table(table, out_dir / f"part-{shard:05d}.parquet")
+        pq.write_table(table, f"{out_dir}/part-{shard:05d}.parquet", filesystem=filesystem)
 
 
 def convert_image_folder(source: str | os.PathLike, destination: str | os.PathLike, *,
                          rows_per_shard: int = 1000, seed: int = 0) -> dict[str, int]:
-    """Convert ``SOURCE/<split>/<class>/<image>`` to Parquet shards; return the row count per split.
+    """Convert ``SOURCE/<split>/<class>/<image>`` to Parquet shards in ``destination`` (a local folder or a
+    pyarrow.fs URI such as s3://bucket/imagenet); return the row count per split.
 
     Labels are indices into the sorted class names of ``train/``, and every other split must have
     the same classes. Train rows are written in a ``seed``-ed random order, because a streaming
@@ -73,7 +76,7 @@ def convert_image_folder(source: str | os.PathLike, destination: str | os.PathLi
     """
     if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be a positive int, got {rows_per_shard!r}")
-    src, dest = Path(source).expanduser(), Path(destination).expanduser()
+    src = Path(source).expanduser()
     if not src.is_dir():
         raise ValueError(f"image folder {src} does not exist or is not a folder")
     train_dir = src / "train"
@@ -99,26 +102,21 @@ def convert_image_folder(source: str | os.PathLike, destination: str | os.PathLi
         if split == "train":
             random.Random(seed).shuffle(items)
         plans[split] = items
-    dest.mkdir(parents=True, exist_ok=True)
+    filesystem, dest = resolve(destination)  # a local folder, or a bucket (s3://...) the cluster reads
+    filesystem.create_dir(dest, recursive=True)
     for split, items in plans.items():
-        _write_split(items, dest / split, rows_per_shard)
-    (dest / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
+        _write_split(items, filesystem, f"{dest}/{split}", rows_per_shard)
+    with filesystem.open_output_stream(f"{dest}/classes.json") as stream:
+        stream.write((json.dumps(classes, indent=1) + "\n").encode())
     return {split: len(items) for split, items in plans.items()}
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow filesystem and in-filesystem path for a local folder or a URI such as s3://bucket/x."""
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
-
-
 def _shards(path: str) -> tuple[pafs.FileSystem, list[str], int]:
     """The sorted Parquet files under ``path`` and their total rows, from footers only."""
-    fs, root = _filesystem(path)
+    fs, root = resolve(path)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
         raise ValueError(f"{path} is not a folder of Parquet shards (convert images with `edropout-ray convert`)")
@@ -243,7 +241,7 @@ def load_streaming(data_dir: str | os.PathLike, *, image_size: int, channels: in
         raise RuntimeError("load_streaming needs Ray: connect first (ray.init() or "
                            "edropout_ray.distributed.cluster.connect(config)) before building streaming loaders")
     root = str(data_dir).rstrip("/")
-    fs, base = _filesystem(root)
+    fs, base = resolve(root)
 
     def exists(name: str, kind) -> bool:
         return fs.get_file_info(f"{base}/{name}").type == kind
@@ -257,9 +255,9 @@ def load_streaming(data_dir: str | os.PathLike, *, image_size: int, channels: in
         classes = tuple(json.loads(f.read().decode()))
     common = {"image_size": image_size, "channels": channels}
     eval_batch = eval_batch_size or batch_size
-    train = StreamingLoader(f"{root}/train", batch_size=batch_size, shuffle=True, seed=seed, **common)
+    train = StreamingLoader(join(root, "train"), batch_size=batch_size, shuffle=True, seed=seed, **common)
     train.drop_last = drop_last and train.num_rows > batch_size
-    val = StreamingLoader(f"{root}/val", batch_size=eval_batch, **common)
-    test = StreamingLoader(f"{root}/test", batch_size=eval_batch, **common) \
+    val = StreamingLoader(join(root, "val"), batch_size=eval_batch, **common)
+    test = StreamingLoader(join(root, "test"), batch_size=eval_batch, **common) \
         if exists("test", pafs.FileType.Directory) else val
     return StreamingSplits(train, val, test, len(classes), channels, image_size, classes)

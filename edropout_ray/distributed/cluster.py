@@ -1,4 +1,4 @@
-"""Joining a Ray cluster, or starting a local one sized for the run."""
+"""Joining a Ray cluster, or starting a local one sized for the run; outputs every node can reach."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import logging
 import math
 import os
 
+from ..artifacts.storage import Folder
 from ..config import Config
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +36,28 @@ def connect(config: Config, address: str | None = None) -> None:
             raise
         log.warning("joining the Ray cluster already running on this machine")
         ray.init(log_to_driver=True)
+
+
+SHARED_MOUNT_FLAG = "--shared-mount"
+
+
+def require_reachable(storage: Folder, shared_mount: bool = False) -> None:
+    """Refuse, before any work, a local output on a cluster whose work runs on other nodes.
+
+    A folder on the driver's disk cannot be read or written by trials, tasks and actors elsewhere, and is
+    lost with the head: on a cluster of more than one node (or a head without CPUs, where everything runs
+    on workers the autoscaler has yet to start) the output is a URI, or a mount that the user declares
+    shared on every node (`--shared-mount`). Ray cannot tell a mount from a disk, so it is declared.
+    """
+    import ray
+
+    if shared_mount or not storage.is_local or not ray.is_initialized():
+        return
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    here = ray.get_runtime_context().get_node_id()
+    cpus_here = sum(node["Resources"].get("CPU", 0) for node in nodes if node["NodeID"] == here)
+    if len(nodes) > 1 or cpus_here == 0:
+        where = f"a cluster of {len(nodes)} nodes" if len(nodes) > 1 else "a cluster whose head has no CPUs"
+        raise ConfigError(f"{storage} is a folder on this node's disk, which the other nodes of {where} cannot "
+                          f"reach: give a bucket URI (s3://bucket/path, gs://bucket/path) or a folder on a mount "
+                          f"every node sees, declared with {SHARED_MOUNT_FLAG}")

@@ -56,4 +56,17 @@ def test_paper_experiments_are_all_there():
 def test_runtime_env_ships_the_configs_but_not_local_state():
     env = yaml.safe_load((JOBS / "runtime_env.yaml").read_text())
     assert env["working_dir"] == "."
-    assert {".venv", ".git", "data"} <= set(env["excludes"])
+    assert {".venv", ".git", "/data"} <= set(env["excludes"])
+
+
+def test_runtime_env_uploads_every_file_of_the_package():
+    """Ray reads `excludes` as .gitignore lines: a bare `data` also dropped edropout_ray/data/, and the job then
+    imported another copy of the package, or failed."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    env = yaml.safe_load((JOBS / "runtime_env.yaml").read_text())
+    root = JOBS.parent
+    excluded = _get_excludes(root, env["excludes"])
+    package = list((root / "edropout_ray").rglob("*.py"))
+    assert package and not [p for p in package if excluded(p)]
+    assert excluded(root / "data" / "x") and excluded(root / ".venv" / "x")

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+
+from helpers import S3_ENV, S3Bucket
 
 pytestmark = pytest.mark.slow
 METHODS = {"edropout", "edropout_no_search", "fixed_random", "dropnet_min", "dropnet_min_layer", "random", "l1", "tp_group_norm", "tp_magnitude", "tp_taylor"}
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
-    output = tmp_path_factory.mktemp("compare")
+def comparison(tmp_path_factory, s3_endpoint):
+    """The comparison written into a bucket (a local S3 endpoint), then copied here to be read as files."""
+    bucket = S3Bucket.create(s3_endpoint)
     done = subprocess.run(
-        [sys.executable, "-m", "edropout_ray", "compare", "--output", str(output), "--seeds", "0,1,2",
+        [sys.executable, "-m", "edropout_ray", "compare", "--output", bucket.uri("compare"), "--seeds", "0,1,2",
          "--set", "epochs=3", "--set", "max_steps_per_epoch=3", "--set", "dense_baseline=true"],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900, env={**os.environ, **S3_ENV})
     assert done.returncode == 0, done.stderr[-3000:]
+    output = tmp_path_factory.mktemp("compare")
+    pafs.copy_files(f"{bucket.name}/compare", str(output), source_filesystem=bucket.filesystem)
     return output, done.stdout
 
 

@@ -30,7 +30,7 @@ def test_ray_job_submit_runs_a_training_job(ray_head, tmp_path):
     ray = str(Path(sys.executable).with_name("ray"))
     done = subprocess.run(
         [ray, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
-         "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "data"]}), "--",
+         "--runtime-env-json", json.dumps({"excludes": [".venv", "/runs", ".git", "/data"]}), "--",
          "python", "-m", "edropout_ray", "train", "--config", "jobs/demo.yaml", "--output", str(output), *SHORT],
         env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

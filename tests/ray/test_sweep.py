@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -38,11 +39,20 @@ def write_sweep(tmp_path: Path, epochs: int, scheduler: str = "fifo") -> Path:
 
 
 @pytest.mark.slow
-def test_small_sweep_writes_table_plot_and_best_model(tmp_path):
-    output = tmp_path / "out"
-    done = subprocess.run(sweep_command(write_sweep(tmp_path, 2, "asha"), output), capture_output=True, text=True,
-                          timeout=900)
+def test_small_sweep_writes_table_plot_and_best_model_into_a_bucket(tmp_path, s3_bucket):
+    """--output s3://...?endpoint_override=...: Tune's experiment and every result are in the bucket, nothing
+    in the working directory (once, a folder named 's3:' there got everything)."""
+    started_in = tmp_path / "cwd"
+    started_in.mkdir()
+    done = subprocess.run(sweep_command(write_sweep(tmp_path, 2, "asha"), s3_bucket.uri("sweep")), capture_output=True,
+                          text=True, timeout=900, cwd=started_in)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert list(started_in.iterdir()) == []
+    files = s3_bucket.files("sweep")
+    assert {"sweep.json", "trials.parquet", "pareto.png", "best/report.json"} <= files
+    assert any(name.startswith("tune/") and "/checkpoint_" in name for name in files), sorted(files)
+    output = tmp_path / "out"  # a copy, to read it as files
+    pafs.copy_files(f"{s3_bucket.name}/sweep", str(output), source_filesystem=s3_bucket.filesystem)
     rows = pq.read_table(output / "trials.parquet").to_pylist()
     assert len(rows) == 4
     assert {(r["population_size"], r["temperature"]) for r in rows} == {(4, 0.0), (4, 1.0), (6, 0.0), (6, 1.0)}

@@ -23,24 +23,12 @@ from edropout_ray.data import (
     make_loader,
 )
 
+from helpers import write_idx
+
 RNG = np.random.default_rng(0)
 
 
 # --------------------------------------------------------------------------- writers
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = False) -> Path:
-    """uint8 idx file: magic 0x0000 08 <ndim>, big-endian int32 dims, raw bytes; gzipped as `path`.gz if gz."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = (0x0800 + array.ndim).to_bytes(4, "big")
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    content = header + array.astype(np.uint8).tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(content))
-    else:
-        path.write_bytes(content)
-    return path
 
 
 def write_idx_set(folder: Path, gz: bool = False, n_train: int = 60, n_test: int = 10) -> dict[str, np.ndarray]:

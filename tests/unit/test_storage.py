@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from edropout_ray.artifacts import checkpoint
 from edropout_ray.cli import main
-from edropout_ray.config import Config
 from edropout_ray.errors import CheckpointError
 from edropout_ray.artifacts.storage import Folder, open_folder
-from edropout_ray.train import run
 
 
 def in_memory_folder() -> tuple[pafs.FileSystem, Folder]:
@@ -53,19 +54,43 @@ def test_file_uri_opens_the_local_filesystem(tmp_path):
     assert folder.is_local and folder.path == f"{tmp_path}/run"
 
 
+def test_a_folder_inside_a_uri_keeps_the_uri_options_after_its_path(tmp_path):
+    folder = open_folder("s3://bucket/sweep?endpoint_override=127.0.0.1:9&scheme=http")
+    child = folder.child("edropout/seed0")
+    assert child.path == "bucket/sweep/edropout/seed0"
+    assert str(child) == "s3://bucket/sweep/edropout/seed0?endpoint_override=127.0.0.1:9&scheme=http"
+    local = open_folder("relative/out").child("edropout/seed0")
+    assert str(local) == str(Path.cwd() / "relative/out/edropout/seed0"), "absolute: a Ray task finds it too"
+
+
+def test_tables_and_staged_files_land_on_the_filesystem_and_nothing_is_staged_after_an_error(tmp_path):
+    filesystem, folder = in_memory_folder()
+    folder.write_table("rows.parquet", pa.table({"a": [1, 2]}))
+    with filesystem.open_input_file("bucket/runs/a/rows.parquet") as handle:
+        assert pq.read_table(handle).column("a").to_pylist() == [1, 2]
+    with folder.staged() as local:
+        (local / "best").mkdir()
+        (local / "best" / "report.json").write_text("{}")
+    assert folder.read_text("best/report.json") == "{}"
+    with pytest.raises(RuntimeError), folder.staged() as local:
+        (local / "half.png").write_bytes(b"x")
+        raise RuntimeError("the plot failed")
+    assert not folder.exists("half.png")
+
+
 @pytest.mark.slow
-def test_a_run_writes_to_and_resumes_from_a_shared_filesystem(tmp_path):
-    """Every artifact and the checkpoint land on the filesystem (a subtree of a local one standing in for
-    a bucket); --resume reads the config and the checkpoint back from it."""
-    (tmp_path / "bucket").mkdir()
-    bucket = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
-    folder = Folder(bucket, "runs/a", "bucket://runs/a")
-    config = Config(epochs=2, max_steps_per_epoch=3, batch_size=32, checkpoint_every=2)
-    run(config, folder, progress=False)
-    names = {info.base_name for info in bucket.get_file_info(pafs.FileSelector("runs/a"))}
-    assert {"checkpoint.pt", "config.json", "report.json", "final_mask.npy", "history.parquet",
-            "pruned_model.pt2"} <= names
-    mask = np.load(tmp_path / "bucket/runs/a/final_mask.npy")
-    (tmp_path / "bucket/runs/a/final_mask.npy").unlink()
-    run(None, folder, progress=False, resume=True)
-    assert np.array_equal(np.load(tmp_path / "bucket/runs/a/final_mask.npy"), mask)
+def test_train_writes_to_and_resumes_from_an_s3_uri_with_endpoint_options(s3_bucket, tmp_path, monkeypatch):
+    """`--output s3://bucket/run?endpoint_override=...&scheme=http` against a local S3 endpoint: the whole run is
+    in the bucket, nothing in the working directory (no folder named 's3:'); --resume reads it back."""
+    monkeypatch.chdir(tmp_path)
+    uri = s3_bucket.uri("runs/a")
+    quick = ["--set", "epochs=1", "--set", "max_steps_per_epoch=2", "--set", "checkpoint_every=1",
+             "--set", "latency_batches=[]", "--quiet"]
+    assert main(["train", "--output", uri, *quick]) == 0
+    assert {"checkpoint.pt", "config.json", "report.json", "final_mask.npy", "pruned_model.pt2"} <= s3_bucket.files("runs/a")
+    assert list(tmp_path.iterdir()) == []
+    mask = s3_bucket.read("runs/a/final_mask.npy")
+    s3_bucket.filesystem.delete_file(f"{s3_bucket.name}/runs/a/report.json")
+    assert main(["train", "--resume", uri, "--quiet"]) == 0
+    assert "report.json" in s3_bucket.files("runs/a") and s3_bucket.read("runs/a/final_mask.npy") == mask
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,134 @@
+"""What a user does on a cloud cluster, on three local nodes (a 0-CPU head, two workers) and a local S3 bucket:
+the data in the bucket, `ray job submit` of a training run and of a sweep with `--output s3://...`, one trial's
+worker killed mid-run, then `--resume s3://...`. Everything lands in the bucket, nothing on the head's disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import write_digits_as_fashion_mnist
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+# what a run leaves in its output; none of it may be found on the head's disk
+OUTPUT_FILES = {"report.json", "checkpoint.pt", "final_mask.npy", "history.parquet", "pruned_model.pt2",
+                "trials.parquet", "pareto.png", "sweep.json"}
+DATA = ["--set", "dataset=fashion_mnist", "--set", "image_size=8", "--set", "batch_size=64",
+        "--set", "latency_batches=[]", "--set", "max_steps_per_epoch=2"]
+SWEEP = """
+base: {{dataset: fashion_mnist, data_dir: "{data}", image_size: 8, batch_size: 64, latency_batches: [],
+       epochs: {epochs}, max_steps_per_epoch: 2, converge_after: 1}}
+search:
+  population_size: {{grid: [4, 6]}}
+max_failures: 2
+"""
+
+
+def submit(cluster, *command: str, wait: bool = True):
+    """`ray job submit` from the repository with the project's runtime environment, as the README does."""
+    args = [RAY, "job", "submit", "--address", cluster.dashboard, "--runtime-env", "jobs/runtime_env.yaml", "--",
+            "python", "-m", "edropout_ray", *command]
+    if not wait:
+        return subprocess.Popen(args, env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    done = subprocess.run(args, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def on_disk(*folders: Path) -> list[Path]:
+    """Files of a run's output (or a folder named 's3:') anywhere under `folders`."""
+    found = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.name in OUTPUT_FILES or path.name == "s3:":
+                found.append(path)
+    return found
+
+
+def trial_processes(cluster) -> dict[str, int]:
+    """The trial actors' processes, by the trial's folder name (Tune runs each in a folder named after it)."""
+    found = {}
+    for pid in cluster.processes():
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            folder = Path(os.readlink(f"/proc/{pid}/cwd")).name
+        except OSError:
+            continue
+        if "ImplicitFunc" in title:
+            found[folder] = pid
+    return found
+
+
+def test_training_and_a_sweep_on_a_multi_node_cluster_keep_everything_in_the_bucket(
+        local_cluster, s3_bucket, tmp_path):
+    write_digits_as_fashion_mnist(tmp_path / "fashion")
+    pafs.copy_files(str(tmp_path / "fashion"), f"{s3_bucket.name}/data/fashion",
+                    destination_filesystem=s3_bucket.filesystem)
+    data = s3_bucket.uri("data/fashion")
+
+    # a folder on the head's disk is refused before any work, with what to use instead
+    code, log = submit(local_cluster, "train", "--output", str(tmp_path / "local"), "--set", "shards=2", *DATA)
+    assert code != 0 and "s3://bucket/path" in log and "--shared-mount" in log and "cluster of 3 nodes" in log, log
+    assert not (tmp_path / "local").exists()
+
+    # (a) a distributed run with its dense baseline, data and output in the bucket; then resumed from the bucket
+    run = s3_bucket.uri("runs/train")
+    code, log = submit(local_cluster, "train", "--output", run, "--set", "shards=2", "--set", "dense_baseline=true",
+                       "--set", f"data_dir={data}", "--set", "epochs=1", "--set", "checkpoint_every=1", "--quiet", *DATA)
+    assert code == 0, log[-3000:]
+    assert {"checkpoint.pt", "config.json", "report.json", "final_mask.npy", "pruned_model.pt2"} <= \
+        s3_bucket.files("runs/train")
+    report = json.loads(s3_bucket.read("runs/train/report.json"))
+    assert report["shards"] == 2 and "dense_top1" in report
+    mask = s3_bucket.read("runs/train/final_mask.npy")
+    s3_bucket.filesystem.delete_file(f"{s3_bucket.name}/runs/train/report.json")
+    code, log = submit(local_cluster, "train", "--resume", run, "--quiet")
+    assert code == 0, log[-3000:]
+    assert "report.json" in s3_bucket.files("runs/train") and s3_bucket.read("runs/train/final_mask.npy") == mask
+
+    # (b) a two-trial sweep on the workers; one trial's process is killed once it has a checkpoint in the bucket
+    epochs = 8
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP.format(data=data, epochs=epochs))
+    sweep = s3_bucket.uri("sweep")
+    job = submit(local_cluster, "sweep", "--config", str(spec), "--output", sweep, wait=False)
+    killed = None
+    while killed is None and job.poll() is None:
+        checkpointed = {name.split("/")[1] for name in s3_bucket.files("sweep") if "/checkpoint_" in name}
+        running = trial_processes(local_cluster)
+        for trial in checkpointed & set(running):
+            os.kill(running[trial], signal.SIGKILL)
+            killed = trial
+            break
+        else:
+            time.sleep(0.2)  # polls the bucket and the processes for the event, a checkpoint of a running trial
+    log = job.communicate(timeout=600)[0]
+    assert job.returncode == 0 and killed, log[-3000:]
+    rows = pq.read_table(f"{s3_bucket.name}/sweep/trials.parquet", filesystem=s3_bucket.filesystem).to_pylist()
+    assert len(rows) == 2 and all(r["epochs_done"] == epochs and r["error"] is None for r in rows), rows
+    assert any(r["restored"] for r in rows), "the killed trial went on from its checkpoint in the bucket"
+    assert {"sweep.json", "trials.parquet", "pareto.png", "best/report.json"} <= s3_bucket.files("sweep")
+    results = {n: s3_bucket.read(f"sweep/{n}") for n in s3_bucket.files("sweep") if n.endswith("result.json")}
+
+    s3_bucket.filesystem.delete_file(f"{s3_bucket.name}/sweep/trials.parquet")
+    code, log = submit(local_cluster, "sweep", "--resume", sweep)
+    assert code == 0, log[-3000:]
+    assert "trials.parquet" in s3_bucket.files("sweep")
+    assert all(s3_bucket.read(f"sweep/{n}") == text for n, text in results.items()), "no finished trial ran again"
+
+    assert on_disk(local_cluster.temp_dir, Path(local_cluster.env["HOME"]), ROOT) == []
+    cache = Path(local_cluster.env["EDROPOUT_RAY_DATA_CACHE"])  # one per node; here the nodes share one disk
+    fetched = [p.name for p in cache.iterdir() if not p.name.endswith(".lock")]
+    assert len(fetched) == 1 and fetched[0].startswith(f"{s3_bucket.name}_data_fashion-"), fetched
