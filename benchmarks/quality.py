@@ -8,7 +8,7 @@ steps; the dense network trains for the same steps once per model and seed. Fash
 ships it (`apt-get install dataset-fashion-mnist`).
 
     .venv/bin/python benchmarks/quality.py [--models small_cnn,lenet5,resnet20] [--sizes 0.5,0.25]
-        [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--set key=value ...]
+        [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--skip-done] [--set key=value ...]
 
 Prints one table (top-1 mean ± std over seeds, the drop against dense, parameters kept) and writes
 it with every run's numbers to benchmarks/results/quality_matrix.{md,json} (--results to change).
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from edropout_ray.compare import BASELINES, compare
 from edropout_ray.config import load_config
 
+CELL_MINUTES = "minutes.txt"  # a cell's wall time, so a matrix finished in several runs still adds up
 MODELS = {  # image sizes that keep the matrix within an hour on 2 cores
     "small_cnn": {"model": "edropout_ray.models:small_cnn", "image_size": 14},
     "lenet5": {"model": "edropout_ray.models:lenet5", "image_size": 28},
@@ -47,6 +48,8 @@ def main(argv=None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing: build the table from the summaries already under --output")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="reuse the cells (model, size) already finished under --output; run the others")
     args = parser.parse_args(argv)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
@@ -57,22 +60,23 @@ def main(argv=None) -> None:
     methods = args.methods.split(",")
     base = load_config(args.config, args.overrides)
 
-    started = time.perf_counter()
-    rows = []
-    for model in models:
-        for index, size in enumerate(sizes):
+    rows, minutes = [], 0.0
+    for index, size in enumerate(sizes):  # a size for every model first: a column of the table at a time
+        for model in models:
             config = base.replace(**MODELS[model], prune_target_params=size, dense_baseline=index == 0)
             folder = Path(args.output) / model / f"{size:g}"
-            if args.tables_only:
-                if not (folder / "summary.parquet").exists():
+            done = (folder / "summary.parquet").exists() and (folder / CELL_MINUTES).exists()
+            if args.tables_only or (args.skip_done and done):
+                if not done:
                     continue
                 summary = pq.read_table(folder / "summary.parquet").to_pylist()
             else:
+                started = time.perf_counter()
                 summary = compare(config, folder, seeds, methods=methods)
+                (folder / CELL_MINUTES).write_text(f"{(time.perf_counter() - started) / 60:.2f}\n")
+            minutes += float((folder / CELL_MINUTES).read_text())
             rows += [{"model": model, "size": size} | row for row in summary]
-            print(f"[quality] {model} at {size:.0%} done after {(time.perf_counter() - started) / 60:.1f} min",
-                  flush=True)
-    minutes = None if args.tables_only else (time.perf_counter() - started) / 60
+            print(f"[quality] {model} at {size:.0%} done; {minutes:.1f} min of runs so far", flush=True)
     table = markdown(rows, base, seeds, minutes)
     print("\n" + table)
     results = Path(args.results)
@@ -84,7 +88,7 @@ def main(argv=None) -> None:
 
 def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None) -> str:
     dense = {r["model"]: r["top1_mean"] for r in rows if r["method"] == "dense"}
-    took = "rebuilt from finished runs" if minutes is None else f"{minutes:.0f} min in all"
+    took = f"{minutes:.0f} min of runs in all"
     lines = [f"Fashion-MNIST, {config.epochs} epochs x {config.max_steps_per_epoch} steps of batch {config.batch_size} "
              f"for every method, seeds {seeds}, {took} (top-1 mean ± std over seeds).", "",
              "| model | size | method | top-1 (%) | vs dense | params kept |", "|---|---|---|---|---|---|"]
