@@ -5,8 +5,8 @@ t_edropout / t_step >= 1 + S * t_forward / t_step. The reference code is 17x-29x
 training. Run at the states' own size (scoring on gathered compact weights, the learner training
 the compact network), a step costs what the states keep instead. This script prints, side by side
 from one run: the plain dense step; the EDropout step masked and at size; the step after the mask
-froze, masked and at size; scoring S states by loop, vmap and at size (and the energies' largest
-difference from the masked ones); the exported model's latency against the dense model's at batch
+froze, masked and at size; scoring S states by loop, vmap, at size and folded (and the energies'
+largest difference from the masked ones); the exported model's latency against the dense model's at batch
 1 and the benchmark's batch; and the memory of one scoring call. Times are measured round-robin
 (one repetition of every figure per round), so background load hits every figure alike; the
 reported time is the median.
@@ -33,6 +33,7 @@ from edropout_ray.config import Config
 from edropout_ray.training.step import EDropoutEngine
 from edropout_ray.artifacts.pruned_model import count_macs
 from edropout_ray.artifacts.latency import compare_latency
+from edropout_ray.pruning.scoring_options import ScoringOptions
 from edropout_ray.pruning.space import PruningSpace
 
 REFERENCE_SLOWDOWN = "17x-29x (authors' code, one GPU, S = 8, docs/algorithm.md)"
@@ -54,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="states keep a multiple of this many units per layer (config channel_multiple)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--score-precision", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="autocast for every scoring forward (config score_precision)")
+    parser.add_argument("--score-channels-last", action="store_true",
+                        help="score images in channels-last (config score_channels_last)")
+    parser.add_argument("--score-batch", type=int, default=None,
+                        help="samples per state scored (config score_batch; default: the whole batch)")
     return parser.parse_args(argv)
 
 
@@ -72,21 +79,24 @@ def setup(args):
     model = torchvision.models.get_model(args.model, weights=None, num_classes=args.num_classes).to(device())
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device())
     y = torch.randint(0, args.num_classes, (args.batch,), device=device())
-    space = PruningSpace(model, x, scoring="loop")
     config = Config(model=args.model, population_size=args.population, optimizer="sgd", lr=0.01,
-                    selection=args.selection, channel_multiple=args.channel_multiple)
+                    selection=args.selection, channel_multiple=args.channel_multiple,
+                    score_precision=args.score_precision, score_channels_last=args.score_channels_last,
+                    score_batch=args.score_batch)
+    space = PruningSpace(model, x, scoring="loop", options=ScoringOptions.of(config))
     return model, x, y, space, config
 
 
 # the dense cost with zeros in it (scored as the auto rule scored before at-size: loop on a CPU, vmap on a GPU)
 MASKED = {"scoring": "vmap" if torch.cuda.is_available() else "loop", "train_at_size": False}
 AT_SIZE = {"scoring": "at_size", "train_at_size": True}
-DEFAULTS = {"scoring": "auto", "train_at_size": True}  # on a GPU: vmap scoring, the learner at size
+DEFAULTS = {"scoring": "auto", "train_at_size": True}  # on a GPU: the measured mode, the learner at size
+FOLDED = {"scoring": "folded", "train_at_size": True}
 
 
 def engine_for(model, x, y, config: Config, how: dict, frozen_on: torch.Tensor | None = None) -> EDropoutEngine:
     """An engine on its own copy of the model (steps move weights); frozen on a state when given."""
-    space = PruningSpace(copy.deepcopy(model), x, scoring=how["scoring"])
+    space = PruningSpace(copy.deepcopy(model), x, scoring=how["scoring"], options=ScoringOptions.of(config))
     engine = EDropoutEngine(space, config.replace(train_at_size=how["train_at_size"]))
     if frozen_on is not None:
         engine.final_mask = frozen_on.clone()
@@ -132,9 +142,9 @@ def peak_memory_mib(fn) -> float:
 
 
 def scoring_memory(space: PruningSpace, states: torch.Tensor, x: torch.Tensor) -> dict:
-    """Peak memory of space.logits for 1 and for all states, loop, vmap and at size."""
+    """Peak memory of space.logits for 1 and for all states, loop, vmap, at size and folded."""
     memory = {}
-    for mode in ("loop", "vmap", "at_size"):
+    for mode in SCORING:
         space.scoring = mode
         for n in (1, len(states)):
             try:
@@ -143,6 +153,9 @@ def scoring_memory(space: PruningSpace, states: torch.Tensor, x: torch.Tensor) -
                 memory[f"{mode}_{n}"] = f"failed: {type(error).__name__}: {error}".splitlines()[0][:120]
     space.scoring = "loop"
     return memory
+
+
+SCORING = ("loop", "vmap", "at_size", "folded")
 
 
 # ---- timings -----------------------------------------------------------------------------------
@@ -156,10 +169,10 @@ def measure(args) -> tuple[dict, dict]:
     plain_optimizer = torch.optim.SGD(plain_model.parameters(), lr=config.lr, momentum=config.momentum,
                                       weight_decay=config.weight_decay)  # same optimizer as the learner
     engines = {"masked": engine_for(model, x, y, config, MASKED), "at_size": engine_for(model, x, y, config, AT_SIZE),
-               "defaults": engine_for(model, x, y, config, DEFAULTS)}
+               "defaults": engine_for(model, x, y, config, DEFAULTS), "folded": engine_for(model, x, y, config, FOLDED)}
     states = engines["masked"].population.states.clone()  # both engines start from this population
     model.train()  # the engines score in the model's mode, which after a learner step is train
-    energies = {mode: _energies(space, mode, states, x, y) for mode in ("loop", "at_size")}
+    energies = {mode: _energies(space, mode, states, x, y) for mode in ("loop", "at_size", "folded")}
     # a converged run: frozen on the population's best state (p_init keeps about half of every layer)
     frozen_state = states[int(energies["loop"].argmin())]
     frozen = {how: engine_for(model, x, y, config, spec, frozen_on=frozen_state)
@@ -202,12 +215,14 @@ def measure(args) -> tuple[dict, dict]:
         "t_forward": scoring("loop", 1),  # what scoring one state costs masked: a no-grad dense forward
         "t_edropout": lambda: engines["masked"].step(x, y, epoch=0),
         "t_edropout_at_size": lambda: engines["at_size"].step(x, y, epoch=0),
-        **({"t_edropout_defaults": lambda: engines["defaults"].step(x, y, epoch=0)} if x.is_cuda else {}),
+        **({"t_edropout_defaults": lambda: engines["defaults"].step(x, y, epoch=0),
+            "t_edropout_folded": lambda: engines["folded"].step(x, y, epoch=0)} if x.is_cuda else {}),
         "t_converged": lambda: frozen["masked"].step(x, y, epoch=0),
         "t_converged_at_size": lambda: frozen["at_size"].step(x, y, epoch=0),
         "t_score_loop": scoring("loop", S),
         "t_score_vmap": scoring("vmap", S),
         "t_score_at_size": scoring("at_size", S),
+        "t_score_folded": scoring("folded", S),
     }
     samples = {name: [] for name in figures}
     failed = {}
@@ -231,6 +246,9 @@ def measure(args) -> tuple[dict, dict]:
     result["at_size_supported"] = space.at_size_supported
     result["energy_max_abs_diff"] = float((energies["at_size"] - energies["loop"]).abs().max())
     result["energy_scale"] = float(energies["loop"].abs().max())
+    result["energy_folded_max_abs_diff"] = float((energies["folded"] - energies["loop"]).abs().max())
+    result["folded_supported"] = space.folded_supported
+    result["auto_on_this_device"] = space.scoring_mode_for(x, S) if x.is_cuda else "at_size"
     result["population_kept_fraction"] = float(states.float().mean())
     result["converged_kept_fraction"] = float(frozen_state.float().mean())
     exported = space.export(frozen_state)
@@ -255,14 +273,15 @@ def derive(r: dict, S: int) -> dict:
         out["bound"] = 1 + S * r["t_forward"] / r["t_step"]
         out["ratio_over_bound"] = out["ratio"] / out["bound"]
         out["bound_plain_forward"] = 1 + S * r["t_forward_plain"] / r["t_step"]
-    for name in ("t_edropout_at_size", "t_edropout_defaults", "t_converged", "t_converged_at_size"):
+    for name in ("t_edropout_at_size", "t_edropout_defaults", "t_edropout_folded", "t_converged",
+                 "t_converged_at_size"):
         if name in r:
             out[f"{name[2:]}_over_step"] = r[name] / r["t_step"]
     best_dense = min(r[name] for name in ("t_step", "t_step_channels_last") if name in r)
     for name in ("t_edropout_at_size", "t_converged_at_size"):
         if name in r:
             out[f"{name[2:]}_over_best_step"] = r[name] / best_dense
-    for mode in ("loop", "vmap", "at_size"):
+    for mode in SCORING:
         if f"t_score_{mode}" in r:
             out[f"{mode}_per_state"] = r[f"t_score_{mode}"] / S
             out[f"{mode}_per_state_over_forward"] = out[f"{mode}_per_state"] / r["t_forward"]
@@ -290,14 +309,17 @@ def report(args, r: dict, d: dict, memory: dict) -> None:
         ("t_forward", "masked no-grad forward, 1 state", f"{r.get('t_forward', 0) / r['t_step']:.2f}x step"),
         ("t_edropout", "engine.step, masked", f"{d.get('ratio', nan):.2f}x step"),
         ("t_edropout_at_size", "engine.step, at size", f"{d.get('edropout_at_size_over_step', nan):.2f}x step"),
-        ("t_edropout_defaults", "engine.step, defaults: vmap, learner at size",
+        ("t_edropout_defaults", f"engine.step, defaults: {r['auto_on_this_device']}, learner at size",
          f"{d.get('edropout_defaults_over_step', nan):.2f}x step"),
+        ("t_edropout_folded", "engine.step, folded, learner at size",
+         f"{d.get('edropout_folded_over_step', nan):.2f}x step"),
         ("t_converged", "engine.step after freezing, masked", f"{d.get('converged_over_step', nan):.2f}x step"),
         ("t_converged_at_size", "engine.step after freezing, at size",
          f"{d.get('converged_at_size_over_step', nan):.2f}x step"),
         ("t_score_loop", f"space.logits, S = {S}, loop (masked)", per_state("loop")),
         ("t_score_vmap", f"space.logits, S = {S}, vmap (masked)", per_state("vmap")),
         ("t_score_at_size", f"space.logits, S = {S}, at size", per_state("at_size")),
+        ("t_score_folded", f"space.logits, S = {S}, folded (masked)", per_state("folded")),
     ]
     print(f"{'figure':20s} {'what':42s} {'time':>12s}  {'ratio':28s} spread")
     for name, what, ratio in rows:
@@ -309,6 +331,8 @@ def report(args, r: dict, d: dict, memory: dict) -> None:
     print(f"energies at size vs masked: max |difference| {r['energy_max_abs_diff']:.2e} "
           f"(energies up to {r['energy_scale']:.2f})" + ("" if r["at_size_supported"] else
                                                           "  <- this model runs masked: at size unsupported"))
+    print(f"energies folded vs masked: max |difference| {r['energy_folded_max_abs_diff']:.2e}" +
+          ("" if r["folded_supported"] else "  <- this model runs masked: folded unsupported"))
     if "ratio" in d:
         verdict = "meets" if d["ratio_over_bound"] <= GOAL else "misses"
         print(f"\nratio t_edropout / t_step      {d['ratio']:6.2f}x   masked (reference code: {REFERENCE_SLOWDOWN})")
@@ -336,7 +360,7 @@ def report(args, r: dict, d: dict, memory: dict) -> None:
     if memory:
         how = "CUDA max_memory_allocated" if torch.cuda.is_available() else "torch.profiler memory events"
         print(f"\npeak memory of one scoring call ({how})")
-        for mode in ("loop", "vmap", "at_size"):
+        for mode in SCORING:
             one, many = memory[f"{mode}_1"], memory[f"{mode}_{S}"]
             if isinstance(one, str) or isinstance(many, str):
                 print(f"  {mode:7s} failed: {one if isinstance(one, str) else many}")
@@ -361,6 +385,8 @@ def main(argv=None) -> None:
                    "spread_s": r["spread"], "failed": r["failed"], "derived": d,
                    "peak_memory_mib": memory, "reference_slowdown": REFERENCE_SLOWDOWN,
                    "latency": r["latency"], "energy_max_abs_diff": r["energy_max_abs_diff"],
+                   "energy_folded_max_abs_diff": r["energy_folded_max_abs_diff"],
+                   "auto_on_this_device": r["auto_on_this_device"],
                    "population_kept_fraction": r["population_kept_fraction"],
                    "converged_macs_fraction": r["converged_macs_fraction"],
                    "loadavg_1min": [r["load_start"], os.getloadavg()[0]]}

@@ -25,6 +25,7 @@ _CHOICES = {
     "selection": choices.SELECTIONS,
     "lr_schedule": choices.LR_SCHEDULES,
     "scoring": choices.SCORING_MODES,
+    "score_precision": choices.SCORE_PRECISIONS,
     "device": choices.DEVICES,
     "layer_widths": choices.LAYER_WIDTHS,
     "train_while_searching": choices.TRAIN_WHILE_SEARCHING,
@@ -92,6 +93,10 @@ class Config:
     seed: int = 0
     dense_baseline: bool = False
     scoring: str = "auto"
+    # scoring forwards: autocast precision, images in channels-last, samples per state (null: the whole batch)
+    score_precision: str = "float32"
+    score_channels_last: bool = False
+    score_batch: int | None = None
     train_at_size: bool = True  # the learner trains the state's network at its own size where the model allows
     channel_multiple: int = 8  # every state keeps a multiple of this many units per layer (1: any count)
     device: str = "auto"
@@ -190,6 +195,8 @@ class Config:
         need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         need(self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}")
         need(self.shards >= 0, f"shards must be >= 0 (0 = one process), got {self.shards}")
+        need(self.score_batch is None or self.score_batch >= 1,
+             f"score_batch (samples per state scored) must be >= 1 or null (the whole batch), got {self.score_batch}")
         need(self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")
         for name in ("shard_cpus", "shard_gpus", "learner_cpus", "learner_gpus"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")

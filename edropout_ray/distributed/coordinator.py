@@ -21,6 +21,7 @@ from .learner_actor import LearnerWorker, RemoteLearner
 from .liveness import Liveness
 from ..models import ModelRecipe
 from .shard import ShardPool, ShardWorker, WeightsLost
+from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
 
@@ -90,7 +91,8 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
     shard_actor = ray.remote(ShardWorker).options(num_cpus=config.shard_cpus, num_gpus=config.shard_gpus)
 
     def make_shard():
-        return shard_actor.remote(recipe, example, config.scoring, config.energy, config.kappa, shard_device)
+        return shard_actor.remote(recipe, example, config.scoring, config.energy, config.kappa, shard_device,
+                                  ScoringOptions.of(config))
 
     liveness = Liveness(config.liveness_timeout, config.restart_timeout)
     pool = ShardPool(make_shard, config.shards, liveness)

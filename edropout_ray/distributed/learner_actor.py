@@ -26,6 +26,7 @@ from ..training.learner import Learner, StepResult
 from .liveness import ActorLostError, Liveness
 from ..models import ModelRecipe
 from .shard import ShardPool
+from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class LearnerWorker:
         self.device = torch.device(device)
         model = recipe.build().to(self.device)
         model.load_state_dict(initial_weights)
-        space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring)
+        space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring,
+                             options=ScoringOptions.of(config))
         self.learner = Learner(space, config, total_steps=total_steps)
         with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally
             warnings.simplefilter("ignore")

@@ -19,6 +19,7 @@ import torch
 
 from .liveness import ActorLostError, Liveness
 from ..models import ModelRecipe
+from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,10 @@ class ShardWorker:
     """A model replica on its own device and the slice of states it last scored."""
 
     def __init__(self, recipe: ModelRecipe, example_inputs: torch.Tensor, scoring: str, energy: str, kappa: float,
-                 device: str = "cpu"):
+                 device: str = "cpu", options: ScoringOptions | None = None):
         self.device = torch.device(device)
         model = recipe.build().to(self.device).train()  # score with batch statistics, as the learner trains
-        self.space = PruningSpace(model, example_inputs.to(self.device), scoring=scoring)
+        self.space = PruningSpace(model, example_inputs.to(self.device), scoring=scoring, options=options)
         self.energy, self.kappa = energy, kappa
         self.states: torch.Tensor | None = None
         self.energies: torch.Tensor | None = None

@@ -27,16 +27,20 @@ class ChannelNorm:
 
 
 def normalize(module: nn.Module, x: torch.Tensor, keep: torch.Tensor, dim: int) -> torch.Tensor:
-    """`module`'s normalization of `x` with statistics over the channels where `keep` is 1."""
+    """`module`'s normalization of `x` with statistics over the channels where `keep` is 1.
+
+    `keep`: [C] for every sample, or [N, C], one row per sample (folded scoring: a state per slice)."""
     x = x.movedim(dim, -1)
     channels = x.shape[-1]
     groups = module.num_groups if isinstance(module, nn.GroupNorm) else 1
+    per_sample = keep.dim() == 2
     if isinstance(module, nn.GroupNorm):  # one group: its channels and every position of a sample
         grouped = x.reshape(x.shape[0], -1, groups, channels // groups).movedim(1, -1)  # [N, G, C/G, positions]
-        k = keep.to(x.dtype).reshape(groups, channels // groups, 1)
+        k = keep.to(x.dtype).reshape(*keep.shape[:-1], groups, channels // groups, 1)
         reduce = (-2, -1)
     else:  # LayerNorm over channels: each position on its own
-        grouped, k, reduce = x, keep.to(x.dtype), (-1,)
+        k = keep.to(x.dtype)
+        grouped, k, reduce = x, k.view(k.shape[0], *[1] * (x.dim() - 2), channels) if per_sample else k, (-1,)
     count = (k * torch.ones_like(grouped)).sum(dim=reduce, keepdim=True)
     mean = (grouped * k).sum(dim=reduce, keepdim=True) / count
     var = ((grouped - mean) * k).square().sum(dim=reduce, keepdim=True) / count

@@ -19,20 +19,20 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from ..choices import SCORING_MODES
-from .at_size import CompactLayout, depthwise_convs, preferred_layout, probe_state, run_at_size
+from .at_size import CompactLayout, depthwise_convs, probe_state, run_at_size
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
-from ..evolution.energies import Energy, resolve_energy
+from .folded import ActivationMask
+from .scoring import StateScoring
+from .scoring_options import ScoringOptions
 from ..errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
-from .modes import eval_mode, scoring_mode
+from .modes import eval_mode
 from .removal import prune_physically
 
 log = logging.getLogger(__name__)
-
-
 
 @dataclass(frozen=True)
 class UnitGroup:
@@ -70,18 +70,20 @@ class _SliceIndex:
 
 
 
-class PruningSpace:
+class PruningSpace(StateScoring):
     """The units of `model` and forwards of the model with a state applied.
 
     `example_inputs` is one batch of the model's input shape, used to trace the graph.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, scoring: str = "auto"):
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, scoring: str = "auto",
+                 options: ScoringOptions | None = None):
         if scoring not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
         self.model = model
         self.example_inputs = example_inputs[:2].detach().clone()
         self.scoring = scoring
+        self.options = options or ScoringOptions()
         self.groups: list[UnitGroup] = []
         self.skipped: list[tuple[str, str]] = []
         self._slices: list[_SliceIndex] = []
@@ -90,6 +92,9 @@ class PruningSpace:
         self.layout = CompactLayout((e.name, e.out_index, e.in_index) for e in self._slices)
         self.depthwise = depthwise_convs(self.model, self.layout)
         self._at_size_problem: str | None | bool = False  # False: not checked yet
+        self._folded_problem: str | None | bool = False
+        self._activation_masks: tuple[list[ActivationMask], list[ActivationMask]] | None = None
+        self._measured: dict[tuple, str] = {}  # (device, input shape, states) -> the mode 'auto' measured fastest
 
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -327,43 +332,6 @@ class PruningSpace:
                              "layer would have no channels. Score it masked (masked_forward; logits does so), or keep "
                              "a unit per group (population.repair_empty_groups)")
         return run_at_size(self.model, self.compact_tensors(state), x, self.depthwise)
-
-    def scoring_mode_for(self, x: torch.Tensor) -> str:
-        """'auto': at size on a CPU where the model allows it; vmap over masked weights on a GPU.
-        Measured (docs/performance.md): on a CPU at size is the fastest for every model tried; on a
-        GPU every new channel count costs the convolution library a new plan, and the states of an
-        evolving population bring new ones at every step, while vmap runs one fixed shape."""
-        mode = self.scoring
-        if mode == "auto":
-            mode = "vmap" if x.device.type == "cuda" else "at_size"
-        if mode == "at_size" and not self.at_size_supported:
-            mode = "loop"
-        return mode
-
-    @torch.no_grad()
-    def logits(self, states: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Logits of every state on the batch: [S, B, K], without touching weights or statistics."""
-        states = self._check_states(states)
-        mode = self.scoring_mode_for(x)
-        with scoring_mode(self.model):
-            if mode == "vmap":
-                stacked = self.masked_parameters(states)
-                # randomness in the forward (stochastic depth while training, drawn in place on an unbatched
-                # tensor) is drawn once for all the states of the call: every state sees the same draw
-                return vmap(lambda params, state: self._call(params, state, x),
-                            randomness="same")(stacked, states.to(x.device))
-            if mode == "at_size":
-                x = preferred_layout(x)  # once for every state
-                # a state that empties a layer has no network at its size; masked, its energy is still defined
-                return torch.stack([self.masked_forward(state, x) if self.emptied_groups(state)
-                                    else self.at_size_forward(state, x) for state in states])
-            return torch.stack([self.masked_forward(state, x) for state in states])
-
-    def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-              energy: str | Energy = "margin", kappa: float = 10.0) -> torch.Tensor:
-        """Energy of every state on (x, y): Tensor[S], lower is better."""
-        logits = self.logits(states, x)
-        return resolve_energy(energy, kappa)(logits, y, states).detach()
 
     def export(self, state: torch.Tensor) -> nn.Module:
         """A physically smaller copy of the model with the pruned units removed."""

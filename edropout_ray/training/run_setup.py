@@ -13,6 +13,7 @@ from ..config import Config
 from ..data import DataSplits, load_dataset, make_loader
 from ..errors import ConfigError
 from ..models import ModelRecipe, is_torchvision_name
+from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
 
@@ -36,7 +37,8 @@ class RunSetup:
 
     def new_space(self) -> PruningSpace:
         """The model of `new_model()` traced into its pruning space: how every entry point starts a run."""
-        return PruningSpace(self.new_model(), self.example_inputs(), scoring=self.config.scoring)
+        return PruningSpace(self.new_model(), self.example_inputs(), scoring=self.config.scoring,
+                            options=ScoringOptions.of(self.config))
 
     def example_inputs(self) -> torch.Tensor:
         x, _ = next(iter(self.test_loader))

@@ -57,6 +57,8 @@ def test_yaml_file_and_overrides(tmp_path):
     ("converge_after=.inf", "converge_after must be a whole epoch index"),
     ("selection=stale", "selection must be one of paired, rescore, reference"),
     ("converge_diversity=1", "converge_diversity (fraction of units) must be in [0, 1)"),
+    ("score_batch=0", "score_batch (samples per state scored) must be >= 1 or null"),
+    ("score_channels_last=yes please", "score_channels_last must be bool"),
 ])
 def test_invalid_values_are_named(override, words):
     with pytest.raises(ConfigError) as error:
@@ -82,6 +84,9 @@ def test_a_whole_float_converge_after_is_the_same_epoch_index_as_the_int():
     ("dataset=fashion-mnist", "did you mean 'fashion_mnist'?"),
     ("dataset=parqet", "did you mean 'parquet'?"),
     ("optimizer=adamw", "did you mean 'adam'?"),
+    ("score_precision=bf16", "score_precision must be one of float32, bfloat16, float16"),
+    ("score_precision=bfloat", "did you mean 'bfloat16'?"),
+    ("scoring=fold", "did you mean 'folded'?"),
     ("export_formats=[pt2, onx]", "did you mean 'onnx'?"),
 ])
 def test_names_are_checked_at_load_with_the_closest_valid_one(override, words):
@@ -121,6 +126,9 @@ def test_choice_lists_are_declared_once():
     from edropout_ray.evolution import energies
     from edropout_ray.pruning import space
 
+    from edropout_ray.pruning import scoring_options
+
     assert space.SCORING_MODES is choices.SCORING_MODES and data.DATASETS is choices.DATASETS
+    assert scoring_options.SCORE_PRECISIONS is choices.SCORE_PRECISIONS
     assert energies.BUILTIN_ENERGIES is choices.ENERGIES
     assert pruners.STRATEGIES is choices.DROPNET_STRATEGIES

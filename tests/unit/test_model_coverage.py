@@ -1,7 +1,7 @@
 """The models practitioners bring: timm families and the torchvision models with grouped convolutions,
 LayerNorm and channel shuffles. Each is pruned exactly (invariant 1: masked == exported, and the
-export is smaller) and scored consistently (invariant 2). The models `edropout-ray models` calls tested
-come from the lists in catalog.py, checked here (or, for helpers.MODELS, in test_space.py): one
+export is smaller) and scored consistently in every scoring mode (invariant 2; folded also with
+batch statistics). The models `edropout-ray models` calls tested come from the lists in catalog.py, checked here (or, for helpers.MODELS, in test_space.py): one
 that is no longer prunable fails instead of being skipped; the unsupported ones must be refused.
 
 Random init, 32x32 inputs (64x64 where a model needs them), float64 so that a real mismatch cannot
@@ -52,10 +52,35 @@ def check_invariants(spec: str, size: int = 32) -> PruningSpace:
     assert params(exported) < params(space.model), "the export must be smaller"
     y = torch.arange(len(x)) % 10
     one_by_one = torch.cat([space.score(s.unsqueeze(0), x, y) for s in states])
-    for scoring in ("loop", "vmap"):
+    for scoring in ("loop", "vmap", "folded"):
         space.scoring = scoring
         torch.testing.assert_close(space.score(states, x, y), one_by_one, rtol=1e-9, atol=1e-9)
+    assert space.folded_supported, "folded scoring must not fall back to masked on a listed model"
+    check_folded_with_batch_statistics(space, states, x, y)
     return space
+
+
+def check_folded_with_batch_statistics(space: PruningSpace, states: torch.Tensor, x: torch.Tensor,
+                                       y: torch.Tensor) -> None:
+    """Train mode: folded batch norms take each state's statistics over its own samples, as masked ones do.
+
+    Functional dropout in the model's code (timm's GhostNet: F.dropout(x, self.drop_rate, self.training))
+    is not a module that scoring turns off: it draws differently per call, so it is set to 0 here."""
+    dropping = [m for m in space.model.modules() if getattr(m, "drop_rate", 0)]
+    rates = [m.drop_rate for m in dropping]
+    for module in dropping:
+        module.drop_rate = 0.0
+    space.model.train()
+    try:
+        space.scoring = "loop"
+        masked = space.score(states, x, y)
+        space.scoring = "folded"
+        torch.testing.assert_close(space.score(states, x, y), masked, rtol=1e-9, atol=1e-9)
+    finally:
+        space.scoring = "auto"
+        space.model.eval()
+        for module, rate in zip(dropping, rates):
+            module.drop_rate = rate
 
 
 @pytest.mark.slow

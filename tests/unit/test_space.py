@@ -62,7 +62,8 @@ def test_export_removes_exactly_the_pruned_channels(model_name):
 
 
 def test_vectorized_scoring_equals_one_by_one(model_name):
-    """Invariant 2: S states in one call (vmap, loop, at size) == each state scored alone, masked (float64)."""
+    """Invariant 2: S states in one call (vmap, loop, at size, folded) == each state scored alone, masked
+    (float64)."""
     space = space_of(model_name, torch.float64)
     states = random_states(space, 3, seed=5)
     x = inputs_of(model_name, dtype=torch.float64)
@@ -71,15 +72,16 @@ def test_vectorized_scoring_equals_one_by_one(model_name):
     try:
         space.scoring = "loop"
         one_by_one = torch.cat([space.score(s.unsqueeze(0), x, y) for s in states])
-        for scoring in ("vmap", "loop", "at_size"):
+        for scoring in ("vmap", "loop", "at_size", "folded"):
             space.scoring = scoring
             torch.testing.assert_close(space.score(states, x, y), one_by_one, rtol=1e-9, atol=1e-9)
+        assert space.folded_supported
     finally:
         space.scoring = "auto"
         space.model.eval()
 
 
-@pytest.mark.parametrize("scoring", ["loop", "vmap", "at_size"])
+@pytest.mark.parametrize("scoring", ["loop", "vmap", "at_size", "folded"])
 def test_scoring_changes_no_weights_or_statistics(model_name, scoring):
     """Invariant 3: scoring touches neither parameters nor normalization running statistics."""
     space = space_of(model_name)
@@ -210,6 +212,9 @@ def test_channel_normalization_uses_only_kept_channels(norm):
     exported = space.export(state)
     with torch.no_grad():
         torch.testing.assert_close(exported(x), space.masked_forward(state, x), rtol=1e-10, atol=1e-10)
+        states = torch.stack([state, ~state])  # folded: each sample's statistics over its own state's channels
+        torch.testing.assert_close(space.folded_logits(states, x),
+                                   torch.stack([space.masked_forward(s, x) for s in states]), rtol=1e-10, atol=1e-10)
         zeroed = space.masked_parameters(state.unsqueeze(0))  # zeroing alone would not be enough
         plain = torch.func.functional_call(model, {k: v[0] for k, v in zeroed.items()}, (x,))
     assert (plain - exported(x)).abs().max() > 1e-3
@@ -224,6 +229,7 @@ def test_sigmoid_between_layers_is_still_exact():
     state = torch.tensor([1, 0, 1, 0, 0, 1, 1, 0, 1, 0], dtype=torch.bool)
     with torch.no_grad():
         assert_close_outputs(space.export(state)(x), space.masked_forward(state, x))
+        assert_close_outputs(space.folded_logits(state.unsqueeze(0), x)[0], space.masked_forward(state, x))
 
 
 def test_model_with_nothing_to_prune_is_a_clear_error():
@@ -266,10 +272,11 @@ def test_a_state_that_empties_a_layer_gets_an_energy_in_every_scoring_mode():
     x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
     space.model.eval()  # no stochastic depth: the modes see the same network
     energies = {}
-    for scoring in ("loop", "vmap", "at_size"):
+    for scoring in ("loop", "vmap", "at_size", "folded"):
         space.scoring = scoring
         energies[scoring] = space.score(states, x, y)
     assert torch.isfinite(energies["loop"]).all()
+    torch.testing.assert_close(energies["folded"], energies["loop"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(energies["vmap"], energies["loop"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(energies["at_size"], energies["loop"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=f"keeps no unit of the group rooted at '{emptied.root}'"):
