@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from helpers import write_digits_as_fashion_mnist
 
@@ -29,7 +30,7 @@ DATA = ["--set", "dataset=fashion_mnist", "--set", "image_size=8", "--set", "bat
         "--set", "latency_batches=[]", "--set", "max_steps_per_epoch=2"]
 SWEEP = """
 base: {{dataset: fashion_mnist, data_dir: "{data}", image_size: 8, batch_size: 64, latency_batches: [],
-       epochs: {epochs}, max_steps_per_epoch: 2, converge_after: 1}}
+       epochs: {epochs}, max_steps_per_epoch: 20, converge_after: 1}}
 search:
   population_size: {{grid: [4, 6]}}
 max_failures: 2
@@ -37,9 +38,14 @@ max_failures: 2
 
 
 def submit(cluster, *command: str, wait: bool = True):
-    """`ray job submit` from the repository with the project's runtime environment, as the README does."""
-    args = [RAY, "job", "submit", "--address", cluster.dashboard, "--runtime-env", "jobs/runtime_env.yaml", "--",
-            "python", "-m", "edropout_ray", *command]
+    """`ray job submit` of the CLI, with the env_vars of jobs/runtime_env.yaml but not its working_dir:
+    the nodes run the installed package, as cluster nodes run the image's. Three nodes on one machine
+    share one session folder, so one node's cleanup of a job's working-dir copy deleted it under a job
+    running on another (seen here: "No such file ... edropout_ray/distributed/liveness.py", and a
+    sweep's driver losing its working directory after a trial's worker was killed)."""
+    env_vars = yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())["env_vars"]
+    args = [RAY, "job", "submit", "--address", cluster.dashboard, "--runtime-env-json",
+            json.dumps({"env_vars": env_vars}), "--", "python", "-m", "edropout_ray", *command]
     if not wait:
         return subprocess.Popen(args, env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -73,6 +79,8 @@ def trial_processes(cluster) -> dict[str, int]:
 
 def test_training_and_a_sweep_on_a_multi_node_cluster_keep_everything_in_the_bucket(
         local_cluster, s3_bucket, tmp_path):
+    searched = (local_cluster.temp_dir, Path(local_cluster.env["HOME"]), ROOT)
+    there_before = set(on_disk(*searched))  # a developer's own runs/ in the repository are not this test's
     write_digits_as_fashion_mnist(tmp_path / "fashion")
     pafs.copy_files(str(tmp_path / "fashion"), f"{s3_bucket.name}/data/fashion",
                     destination_filesystem=s3_bucket.filesystem)
@@ -99,14 +107,16 @@ def test_training_and_a_sweep_on_a_multi_node_cluster_keep_everything_in_the_buc
     assert "report.json" in s3_bucket.files("runs/train") and s3_bucket.read("runs/train/final_mask.npy") == mask
 
     # (b) a two-trial sweep on the workers; one trial's process is killed once it has a checkpoint in the bucket
-    epochs = 8
+    epochs = 12  # of 20 steps: the killed trial has epochs left to run after its restore
     spec = tmp_path / "sweep.yaml"
     spec.write_text(SWEEP.format(data=data, epochs=epochs))
     sweep = s3_bucket.uri("sweep")
     job = submit(local_cluster, "sweep", "--config", str(spec), "--output", sweep, wait=False)
     killed = None
     while killed is None and job.poll() is None:
-        checkpointed = {name.split("/")[1] for name in s3_bucket.files("sweep") if "/checkpoint_" in name}
+        # a trial with one of its first checkpoints: killed then, it restores and runs the epochs left
+        checkpointed = {name.split("/")[1] for name in s3_bucket.files("sweep")
+                        if "/checkpoint_00000" in name and int(name.split("/checkpoint_")[1][:6]) <= 2}
         running = trial_processes(local_cluster)
         for trial in checkpointed & set(running):
             os.kill(running[trial], signal.SIGKILL)
@@ -128,7 +138,7 @@ def test_training_and_a_sweep_on_a_multi_node_cluster_keep_everything_in_the_buc
     assert "trials.parquet" in s3_bucket.files("sweep")
     assert all(s3_bucket.read(f"sweep/{n}") == text for n, text in results.items()), "no finished trial ran again"
 
-    assert on_disk(local_cluster.temp_dir, Path(local_cluster.env["HOME"]), ROOT) == []
+    assert set(on_disk(*searched)) - there_before == set()
     cache = Path(local_cluster.env["EDROPOUT_RAY_DATA_CACHE"])  # one per node; here the nodes share one disk
     fetched = [p.name for p in cache.iterdir() if not p.name.endswith(".lock")]
     assert len(fetched) == 1 and fetched[0].startswith(f"{s3_bucket.name}_data_fashion-"), fetched

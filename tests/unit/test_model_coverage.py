@@ -15,6 +15,7 @@ import logging
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from helpers import MODELS
 from edropout_ray.catalog import TIMM_FAMILIES, TORCHVISION_TESTED, UNSUPPORTED, listing
@@ -66,21 +67,26 @@ def check_folded_with_batch_statistics(space: PruningSpace, states: torch.Tensor
 
     Functional dropout in the model's code (timm's GhostNet: F.dropout(x, self.drop_rate, self.training))
     is not a module that scoring turns off: it draws differently per call, so it is set to 0 here."""
-    dropping = [m for m in space.model.modules() if getattr(m, "drop_rate", 0)]
-    rates = [m.drop_rate for m in dropping]
-    for module in dropping:
-        module.drop_rate = 0.0
+    dropping = [(m, key) for m in space.model.modules() for key in ("drop_rate", "p")
+                if isinstance(getattr(m, key, None), float) and getattr(m, key) and not isinstance(m, nn.Dropout)]
+    rates = [getattr(m, key) for m, key in dropping]
+    for module, key in dropping:  # also torchvision's StochasticDepth (p), which draws per call in train mode
+        setattr(module, key, 0.0)
     space.model.train()
     try:
         space.scoring = "loop"
         masked = space.score(states, x, y)
         space.scoring = "folded"
-        torch.testing.assert_close(space.score(states, x, y), masked, rtol=1e-9, atol=1e-9)
+        # looser than eval mode: late RegNet stages are 1x1 maps here, so a batch norm's variance over 3
+        # samples is near zero and amplifies rounding differences between torch's batch_norm and the
+        # per-state statistics (with every unit kept they differ too: 6e-10 at 4 samples); a wrong unit
+        # or statistic moves energies by far more
+        torch.testing.assert_close(space.score(states, x, y), masked, rtol=1e-5, atol=1e-5)
     finally:
         space.scoring = "auto"
         space.model.eval()
-        for module, rate in zip(dropping, rates):
-            module.drop_rate = rate
+        for (module, key), rate in zip(dropping, rates):
+            setattr(module, key, rate)
 
 
 @pytest.mark.slow
