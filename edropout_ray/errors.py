@@ -40,3 +40,7 @@ class RunLostError(EDropoutError):
 
 class DenseBaselineError(EDropoutError):
     """The dense baseline's Ray task failed; the pruned run's own artifacts are written before this is raised."""
+
+
+class DeviceError(EDropoutError):
+    """An actor or task holds a GPU that torch cannot use (no CUDA build, no driver)."""

@@ -20,7 +20,7 @@ from .baselines.torch_pruning import METHODS as TP_METHODS, run_torch_pruning
 from .config import Config
 from .training.step import EDropoutEngine
 from .evolution.population import kept_per_group
-from .distributed.placement import here
+from .distributed.placement import here, on_reserved_device
 from .errors import CheckpointError, ConfigError, DenseBaselineError, RunLostError
 from .training.dense import train_dense
 from .training.loop import TrainLoop
@@ -67,23 +67,57 @@ def run(config: Config | None, output_dir: str | Path | Folder, progress: bool =
     refused before any work.
     """
     storage = open_folder(output_dir)
-    payload = None
     if resume:
         config = resume_config(storage, config)
-        payload = checkpoint.load_checkpoint(storage)  # before anything is written: a bad one is left alone
     elif config is None:
         raise ValueError("a config is needed unless resuming")
     if _uses_ray(config, address):
         from .distributed.cluster import connect, require_reachable
+        from .distributed.placement import driver_without_cpus
 
         connect(config, address)
         require_reachable(storage, shared_mount)
+        if driver_without_cpus():  # a cloud cluster's head: the whole run goes to a worker
+            return _run_as_task(config, output_dir, progress, resume)
+    # read before anything is written: a bad checkpoint is left alone
+    payload = checkpoint.load_checkpoint(storage) if resume else None
     with storage.staged() as output:
         report = _run(config, storage, output, payload, progress, address)
     if "dense_error" in report:
         raise DenseBaselineError(f"{report['dense_error']}. The pruned run finished and its artifacts are in "
                                  f"{output_dir}; set dense_baseline: false to run without the dense baseline")
     return report
+
+
+def _on_worker(config_values: dict | None, output_dir: str, progress: bool, resume: bool) -> dict:
+    # the output was checked reachable from every node before the task started
+    config = None if config_values is None else Config.from_dict(config_values)
+    return run(config, output_dir, progress, resume=resume, shared_mount=True)
+
+
+def _run_as_task(config: Config, output_dir: str | Path | Folder, progress: bool, resume: bool) -> dict:
+    """The run as one Ray task on a worker: with the learner's CPUs and GPUs when it trains there
+    (`shards: 0`, a baseline method), with the learner's CPUs only when it coordinates actors that
+    hold the GPUs (the loop, validation and the report run there)."""
+    import ray
+
+    from .distributed.placement import learner_options
+
+    trains_itself = config.shards == 0 or config.method != "edropout"
+    options = learner_options(config) if trains_itself else {"num_cpus": config.learner_cpus, "num_gpus": 0}
+    task = ray.remote(_on_worker).options(name="edropout-ray train", max_retries=0, **options)
+    log.info("this node has no CPUs for work: the run goes to a worker as a Ray task (%s)", options)
+    values = None if resume else config.to_dict()  # a resumed run reads its saved config there
+    try:
+        return ray.get(task.remote(values, str(output_dir), progress, resume))
+    except ray.exceptions.RayTaskError as error:  # the run's own error (a bad config, no data...): as it was raised
+        cause = error.cause
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+    except ray.exceptions.RayError as error:  # its worker or node lost: Ray does not retry a run
+        raise RunLostError(f"the run's Ray task was lost ({type(error).__name__}); "
+                           f"{checkpoint.resume_hint(output_dir)}") from None
 
 
 def _uses_ray(config: Config, address: str | None) -> bool:
@@ -98,7 +132,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     started = time.perf_counter()
     if "onnx" in config.export_formats:
         require_onnx()  # the config loads without onnx; the run stops before any work when it is missing
-    setup = prepare(config)
+    setup = prepare(on_reserved_device(config))  # a Ray task holding no GPU computes on the CPU
     space = setup.new_space()
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(storage, config)

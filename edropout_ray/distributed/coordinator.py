@@ -16,6 +16,7 @@ import ray
 import torch
 
 from ..config import Config
+from ..errors import DeviceError
 from ..training.step import EDropoutEngine, StepRecord
 from .learner_actor import LearnerWorker, RemoteLearner
 from .liveness import Liveness
@@ -82,6 +83,19 @@ class DistributedEngine(EDropoutEngine):
         self.learner.close()
 
 
+def _started(liveness: Liveness, refs, what: str):
+    """Wait for actors to start; one whose construction found a GPU torch cannot use raises that
+    DeviceError itself (Ray wraps it in an ActorDiedError whose text ends with it)."""
+    try:
+        return liveness.get(refs, what)
+    except ray.exceptions.ActorDiedError as error:
+        prefix = f"{DeviceError.__module__}.{DeviceError.__name__}: "
+        line = next((line for line in str(error).splitlines() if line.startswith(prefix)), None)
+        if line is None:
+            raise
+        raise DeviceError(line[len(prefix):]) from None
+
+
 def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelRecipe,
                              total_steps: int | None = None) -> DistributedEngine:
     """Start `config.shards` shard actors and one learner actor, seeded with the driver's weights;
@@ -96,7 +110,18 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
 
     liveness = Liveness(config.liveness_timeout, config.restart_timeout)
     pool = ShardPool(make_shard, config.shards, liveness)
-    units = liveness.get([shard.num_units.remote() for shard in pool.shards], "the shards to start")
+    try:
+        learner = _start_learner(space, config, recipe, pool, liveness, total_steps)
+    except BaseException:  # the shards started would hold their CPUs and GPUs until the driver exits
+        pool.close()
+        raise
+    return DistributedEngine(space, config, pool, learner)
+
+
+def _start_learner(space: PruningSpace, config: Config, recipe: ModelRecipe, pool: ShardPool, liveness: Liveness,
+                   total_steps: int | None) -> RemoteLearner:
+    """Once the shards are up, the learner actor with the driver's weights, behind its proxy."""
+    units = _started(liveness, [shard.num_units.remote() for shard in pool.shards], "the shards to start")
     if any(u != space.num_units for u in units):
         raise RuntimeError(f"shards found {units} units, the driver {space.num_units}: the model must build "
                            "deterministically from its name")
@@ -106,7 +131,11 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
     learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus,
                                                       max_restarts=config.learner_restarts if recoverable else 0)
     weights_ref = ray.put(weights)
-    actor = learner_actor.remote(recipe, example, config, weights_ref, "cuda" if config.learner_gpus > 0 else "cpu",
-                                 total_steps)
-    learner = RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,))
-    return DistributedEngine(space, config, pool, learner)
+    actor = learner_actor.remote(recipe, space.example_inputs.cpu(), config, weights_ref,
+                                 "cuda" if config.learner_gpus > 0 else "cpu", total_steps)
+    try:
+        _started(liveness, actor.ping.remote(), "the learner to start")
+    except BaseException:
+        ray.kill(actor)
+        raise
+    return RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,))

@@ -24,6 +24,7 @@ import torch
 from ..config import Config
 from ..training.learner import Learner, StepResult
 from .liveness import ActorLostError, Liveness
+from .placement import actor_device, here
 from ..models import ModelRecipe
 from .shard import ShardPool
 from ..pruning.scoring_options import ScoringOptions
@@ -39,7 +40,7 @@ class LearnerRestarted(RuntimeError):
 class LearnerWorker:
     def __init__(self, recipe: ModelRecipe, example_inputs: torch.Tensor, config: Config,
                  initial_weights: dict[str, torch.Tensor], device: str = "cpu", total_steps: int | None = None):
-        self.device = torch.device(device)
+        self.device = actor_device(device, "the learner")
         model = recipe.build().to(self.device)
         model.load_state_dict(initial_weights)
         space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring,
@@ -56,6 +57,10 @@ class LearnerWorker:
 
     def ping(self) -> bool:
         return True
+
+    def where(self) -> dict:
+        """The device it trains on and what Ray gave it (its GPU ids included)."""
+        return {"device": str(self.device), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], **here()}
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         return self._ready().step(state.to(self.device), x.to(self.device), y.to(self.device))

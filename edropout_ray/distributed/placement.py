@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..config import Config
-from ..errors import DenseBaselineError
+from ..errors import DenseBaselineError, DeviceError
 from ..training.dense import train_dense
 from ..training.run_setup import prepare
 
@@ -29,11 +29,32 @@ def learner_options(config: Config) -> dict:
 
 
 def on_reserved_device(config: Config) -> Config:
-    """The config a task holding the learner's resources runs: without a GPU reserved, `device: auto`
-    means the CPU, so a task never computes on a GPU that another task holds."""
-    if config.learner_gpus == 0 and config.device == "auto":
+    """The config a Ray task, actor or trial computes with: holding no GPU, `device: auto` means the
+    CPU, so it never computes on a GPU that another task holds (Ray may leave the node's GPUs
+    visible). Outside Ray's workers, the config as it is."""
+    if config.device == "auto" and in_ray_worker() and not here()["resources"].get("GPU"):
         return config.replace(device="cpu")
     return config
+
+
+def in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def actor_device(device: str, who: str) -> "torch.device":
+    """The device an actor computes on: 'cuda' is the GPU Ray gave it (Ray sets CUDA_VISIBLE_DEVICES,
+    so it is cuda:0 there; a fractional reservation shares it with other actors). A GPU reserved that
+    torch cannot see is an error, never a silent fall back to the CPU."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        ray = sys.modules.get("ray")
+        ids = ray.get_gpu_ids() if ray is not None and ray.is_initialized() else []
+        raise DeviceError(f"{who} holds GPU {ids} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}) "
+                          f"but torch {torch.__version__} sees no CUDA device: run a CUDA build of torch on the GPU "
+                          "nodes (docker/requirements-gpu.txt), or set shard_gpus and learner_gpus to 0")
+    return torch.device(device)
 
 
 def here() -> dict:
@@ -46,6 +67,17 @@ def here() -> dict:
         if context.worker.mode == ray.WORKER_MODE:
             where["resources"] = context.get_assigned_resources()
     return where
+
+
+def driver_without_cpus() -> bool:
+    """This process is a Ray driver on a node that declares no CPUs (a cloud cluster's head), so any
+    work it did would run on cores kept for Ray's own services."""
+    import ray
+
+    if not ray.is_initialized() or in_ray_worker():
+        return False
+    node = ray.get_runtime_context().get_node_id()
+    return not any(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"] and n["NodeID"] == node)
 
 
 def _dense_on_worker(values: dict, progress: bool) -> dict:

@@ -18,6 +18,7 @@ import ray
 import torch
 
 from .liveness import ActorLostError, Liveness
+from .placement import actor_device, here
 from ..models import ModelRecipe
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
@@ -36,7 +37,7 @@ class ShardWorker:
 
     def __init__(self, recipe: ModelRecipe, example_inputs: torch.Tensor, scoring: str, energy: str, kappa: float,
                  device: str = "cpu", options: ScoringOptions | None = None):
-        self.device = torch.device(device)
+        self.device = actor_device(device, "a population shard")
         model = recipe.build().to(self.device).train()  # score with batch statistics, as the learner trains
         self.space = PruningSpace(model, example_inputs.to(self.device), scoring=scoring, options=options)
         self.energy, self.kappa = energy, kappa
@@ -46,6 +47,10 @@ class ShardWorker:
 
     def num_units(self) -> int:
         return self.space.num_units
+
+    def where(self) -> dict:
+        """The device it scores on and what Ray gave it (its GPU ids included)."""
+        return {"device": str(self.device), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], **here()}
 
     def load_weights(self, boxed: list) -> None:
         """`[ref]` of tensors, or of NumPy arrays read zero-copy from the object store (read-only: copied in).

@@ -100,6 +100,11 @@ def test_training_and_a_sweep_on_a_multi_node_cluster_keep_everything_in_the_buc
         s3_bucket.files("runs/train")
     report = json.loads(s3_bucket.read("runs/train/report.json"))
     assert report["shards"] == 2 and "dense_top1" in report
+    # the job's driver on the 0-CPU head only waited: the run coordinated its actors from a task on a
+    # worker, holding the learner's CPU, and the dense baseline was a task of its own
+    assert report["placement"]["resources"] == {"CPU": 1.0}, report["placement"]
+    assert report["dense_placement"]["resources"] == {"CPU": 1.0}
+    assert report["dense_placement"]["pid"] != report["placement"]["pid"]
     mask = s3_bucket.read("runs/train/final_mask.npy")
     s3_bucket.filesystem.delete_file(f"{s3_bucket.name}/runs/train/report.json")
     code, log = submit(local_cluster, "train", "--resume", run, "--quiet")

@@ -86,3 +86,49 @@ def test_a_one_process_trial_reserves_the_gpu_it_trains_on(tmp_path):
                          run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
     metrics = results[0].metrics
     assert metrics["pid"] != os.getpid() and metrics["GPU"] == 1.0 and metrics["CPU"] == 2.0
+
+
+def test_a_driver_on_a_node_without_cpus_runs_the_whole_run_as_a_task(tmp_path, monkeypatch):
+    """A cloud cluster's head declares no CPUs: `train` there sends the run to a worker (here the
+    driver's node is said to have none; the local Ray's node runs the task)."""
+    from edropout_ray.distributed import placement
+    from edropout_ray.data.common import DatasetNotFoundError
+
+    assert not placement.driver_without_cpus(), "this test's local Ray gives the driver's node CPUs"
+    monkeypatch.setattr(placement, "driver_without_cpus", lambda: True)
+    config = Config(shards=0, learner_gpus=1, checkpoint_every=1, **SHORT)
+    report = train_module.run(config, tmp_path / "run", progress=False)
+    assert report["placement"]["pid"] != os.getpid() and report["placement"]["resources"] == {"CPU": 1.0, "GPU": 1.0}
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["device"] == "auto", "the config as given is saved, so --resume agrees with it"
+    resumed = train_module.run(None, tmp_path / "run", progress=False, resume=True)
+    assert resumed["placement"]["pid"] != os.getpid() and resumed["units_kept"] == report["units_kept"]
+    # the run's own error comes back as itself, not wrapped in Ray's
+    with pytest.raises(DatasetNotFoundError, match="fashion_mnist not found"):
+        train_module.run(Config(dataset="fashion_mnist", data_dir=str(tmp_path / "nothing"), **SHORT),
+                         tmp_path / "bad", progress=False)
+
+
+def test_shards_and_the_learner_compute_on_the_gpus_they_hold():
+    """Several shards and the learner on one GPU (fractions), and the learner on a whole GPU: each
+    actor computes on the GPU Ray gave it. This machine has no CUDA, so each says so by name, with
+    the GPU it holds, instead of computing on the CPU unseen; without GPUs they run on the CPU."""
+    from edropout_ray.distributed.coordinator import start_distributed_engine
+    from edropout_ray.errors import DeviceError
+    from edropout_ray.training.run_setup import prepare
+
+    setup = prepare(Config(**SHORT))
+    for gpus, who in ((dict(shards=2, shard_gpus=0.25, learner_gpus=0.5), "a population shard"),
+                      (dict(shards=1, learner_gpus=1), "the learner")):
+        with pytest.raises(DeviceError, match=rf"{who} holds GPU \[0\] .* torch .* sees no CUDA device"):
+            start_distributed_engine(setup.new_space(), Config(**SHORT, **gpus), setup.recipe)
+    # what failed to start let go of the GPU: a task needing all of it runs (Ray frees it as the actors go)
+    assert ray.get(ray.remote(lambda: ray.get_gpu_ids()).options(num_gpus=1).remote()) == [0]
+
+    engine = start_distributed_engine(setup.new_space(), Config(**SHORT, shards=1), setup.recipe)
+    try:
+        shard, learner = ray.get([engine.pool.shards[0].where.remote(), engine.learner.actor.where.remote()])
+    finally:
+        engine.close()
+    assert shard["device"] == learner["device"] == "cpu" and shard["gpu_ids"] == learner["gpu_ids"] == []
+    assert shard["resources"] == {"CPU": 1.0} and shard["pid"] != learner["pid"] != os.getpid()
