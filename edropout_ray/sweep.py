@@ -26,7 +26,7 @@ from ray import tune
 from .artifacts import checkpoint
 from .artifacts.storage import Folder, open_folder
 from .config import Config, absolute_location
-from .distributed.placement import learner_bundle, on_reserved_device
+from .distributed.placement import driver_without_cpus, learner_bundle, learner_options, on_reserved_device
 from .errors import ConfigError
 from .artifacts.plotting import png_figure
 
@@ -249,8 +249,21 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
     with output.staged() as local:
         pq.write_table(pa.Table.from_pylist(rows), local / "trials.parquet")
         plot_pareto(rows, local / "pareto.png")
-        export_best(best, local / "best")
+    values = {k: v for k, v in best.config.items() if k != "_params_weight"}
+    if driver_without_cpus():  # a cloud cluster's head: the test-set pass and the export run on a worker
+        import ray
+
+        task = ray.remote(_export_best_into).options(name="export the best trial",
+                                                     **learner_options(Config.from_dict(values)))
+        ray.get(task.remote(values, best.checkpoint, str(output)))
+    else:
+        _export_best_into(values, best.checkpoint, output)
     return rows
+
+
+def _export_best_into(values: dict, saved, output: str | Folder) -> None:
+    with open_folder(output).staged() as local:
+        export_best(values, saved, local / "best")
 
 
 def load_saved_spec(output: str | Path | Folder) -> SweepSpec:
@@ -325,21 +338,21 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
         ax.legend()
 
 
-def export_best(result, folder: Path) -> dict:
-    """Rebuild the best trial from its last checkpoint; write its report and exported model to `folder`."""
+def export_best(values: dict, saved_checkpoint, folder: Path) -> dict:
+    """Rebuild the best trial (its config `values`) from its last Tune checkpoint; write its report
+    and exported model to `folder`."""
     import torch
 
     from .artifacts.report import build_report, write_report
     from .training.run_setup import prepare
 
-    values = {k: v for k, v in result.config.items() if k != "_params_weight"}
     config = Config.from_dict(values)
-    setup = prepare(config)
+    setup = prepare(on_reserved_device(config))  # a task holding no GPU evaluates on the CPU
     space = setup.new_space()
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    with result.checkpoint.as_directory() as saved:
+    with saved_checkpoint.as_directory() as saved:
         payload = checkpoint.load_checkpoint(saved)
         mask = torch.tensor(json.loads((Path(saved) / "final_mask.json").read_text()), dtype=torch.bool)
     space.model.load_state_dict(payload["engine"]["learner"]["model"])
