@@ -22,7 +22,7 @@ from .training.step import EDropoutEngine
 from .evolution.population import kept_per_group
 from .distributed.placement import here, on_reserved_device
 from .errors import CheckpointError, ConfigError, DenseBaselineError, RunLostError
-from .training.dense import train_dense
+from .training.dense import FOLDER as DENSE_FOLDER, train_dense
 from .training.loop import TrainLoop
 from .artifacts.onnx_model import require_onnx
 from .artifacts.report import build_report, write_report
@@ -151,7 +151,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     dense, dense_error = None, None
     if config.dense_baseline:
         try:
-            dense = _dense_baseline(setup, progress)
+            dense = _dense_baseline(setup, progress, storage.child(DENSE_FOLDER))
         except DenseBaselineError as error:  # the pruned run's artifacts are still written; run() raises it then
             dense_error = str(error)
 
@@ -193,14 +193,15 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payloa
     return PrunedRun(engine.best_state.clone(), loop.epoch_rows, loop.step_rows, engine.freeze_reason)
 
 
-def _dense_baseline(setup: RunSetup, progress: bool) -> dict:
+def _dense_baseline(setup: RunSetup, progress: bool, checkpoints: Folder) -> dict:
     """Where the learner trains: in this process for `shards: 0` (a one-process run, a `compare` task,
-    a trial), else a Ray task with the learner's resources, so a run's driver only coordinates."""
+    a trial), else a Ray task with the learner's resources, so a run's driver only coordinates.
+    With `checkpoint_every` it checkpoints into `checkpoints` and continues from there."""
     if setup.config.shards == 0:
-        return train_dense(setup, progress) | {"placement": here()}
+        return train_dense(setup, progress, checkpoints) | {"placement": here()}
     from .distributed.placement import train_dense_on_ray
 
-    return train_dense_on_ray(setup.config, progress)
+    return train_dense_on_ray(setup.config, progress, checkpoints)
 
 
 def _converged_at(step_rows) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..artifacts.storage import Folder, open_folder
 from ..config import Config
 from ..errors import DenseBaselineError, DeviceError
 from ..training.dense import train_dense
@@ -80,14 +81,17 @@ def driver_without_cpus() -> bool:
     return not any(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"] and n["NodeID"] == node)
 
 
-def _dense_on_worker(values: dict, progress: bool) -> dict:
+def _dense_on_worker(values: dict, progress: bool, checkpoint_dir: str | None) -> dict:
     setup = prepare(on_reserved_device(Config.from_dict(values)))
-    return train_dense(setup, progress) | {"placement": here()}
+    folder = None if checkpoint_dir is None else open_folder(checkpoint_dir)
+    return train_dense(setup, progress, folder) | {"placement": here()}
 
 
-def train_dense_on_ray(config: Config, progress: bool) -> dict:
+def train_dense_on_ray(config: Config, progress: bool, checkpoint_dir: Folder | None = None) -> dict:
     """The dense baseline as a Ray task with the learner's resources; its test metrics, per-epoch rows
-    and `placement` (where it ran). A failure is raised as one DenseBaselineError naming its cause."""
+    and `placement` (where it ran). With `checkpoint_dir` (and `checkpoint_every`) it checkpoints
+    there, so a retry of the task (Ray retries it when its worker or node is lost) continues.
+    A failure is raised as one DenseBaselineError naming its cause."""
     import ray
 
     from .liveness import Liveness
@@ -95,7 +99,8 @@ def train_dense_on_ray(config: Config, progress: bool) -> dict:
     task = ray.remote(_dense_on_worker).options(name="dense baseline", **learner_options(config))
     liveness = Liveness(config.liveness_timeout, config.restart_timeout)
     try:
-        return liveness.get(task.remote(config.to_dict(), progress), "the dense baseline")
+        where = None if checkpoint_dir is None else str(checkpoint_dir)
+        return liveness.get(task.remote(config.to_dict(), progress, where), "the dense baseline")
     except ray.exceptions.RayTaskError as error:  # an exception in the task: its own message
         cause = error.cause if error.cause is not None else error
         raise DenseBaselineError(f"the dense baseline (a Ray task holding learner_cpus and learner_gpus) failed: "

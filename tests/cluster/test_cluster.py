@@ -96,8 +96,8 @@ def test_training_and_a_sweep_on_a_multi_node_cluster_keep_everything_in_the_buc
     code, log = submit(local_cluster, "train", "--output", run, "--set", "shards=2", "--set", "dense_baseline=true",
                        "--set", f"data_dir={data}", "--set", "epochs=1", "--set", "checkpoint_every=1", "--quiet", *DATA)
     assert code == 0, log[-3000:]
-    assert {"checkpoint.pt", "config.json", "report.json", "final_mask.npy", "pruned_model.pt2"} <= \
-        s3_bucket.files("runs/train")
+    assert {"checkpoint.pt", "config.json", "report.json", "final_mask.npy", "pruned_model.pt2",
+            "dense/checkpoint.pt"} <= s3_bucket.files("runs/train")  # the dense baseline's task checkpoints too
     report = json.loads(s3_bucket.read("runs/train/report.json"))
     assert report["shards"] == 2 and "dense_top1" in report
     # the job's driver on the 0-CPU head only waited: the run coordinated its actors from a task on a

@@ -52,7 +52,7 @@ def test_a_failed_dense_baseline_is_named_and_the_pruned_runs_artifacts_are_kept
     with pytest.raises(DenseBaselineError, match=r"dense baseline .* failed: DatasetNotFoundError: fashion_mnist not found"):
         train_dense_on_ray(Config(dataset="fashion_mnist", data_dir=str(tmp_path / "nothing"), **SHORT), False)
 
-    def fail(config, progress):
+    def fail(config, progress, checkpoint_dir=None):
         raise DenseBaselineError("the dense baseline (a Ray task) failed: OutOfMemoryError: CUDA out of memory")
 
     monkeypatch.setattr("edropout_ray.distributed.placement.train_dense_on_ray", fail)
