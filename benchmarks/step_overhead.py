@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="what engine.step scores: 'paired' 2S states on half the batch, 'reference' S on all of it")
     parser.add_argument("--channel-multiple", type=int, default=Config().channel_multiple,
                         help="states keep a multiple of this many units per layer (config channel_multiple)")
+    parser.add_argument("--train-while-searching", default=Config().train_while_searching, choices=("dense", "best"),
+                        help="what a search step trains: dense (the default schedule) or the best state at its "
+                             "size (the paper's schedule)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--score-precision", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -82,7 +85,7 @@ def setup(args):
     config = Config(model=args.model, population_size=args.population, optimizer="sgd", lr=0.01,
                     selection=args.selection, channel_multiple=args.channel_multiple,
                     score_precision=args.score_precision, score_channels_last=args.score_channels_last,
-                    score_batch=args.score_batch)
+                    score_batch=args.score_batch, train_while_searching=args.train_while_searching)
     space = PruningSpace(model, x, scoring="loop", options=ScoringOptions.of(config))
     return model, x, y, space, config
 
