@@ -108,8 +108,11 @@ def _run_as_task(config: Config, output_dir: str | Path | Folder, progress: bool
     task = ray.remote(_on_worker).options(name="edropout-ray train", max_retries=0, **options)
     log.info("this node has no CPUs for work: the run goes to a worker as a Ray task (%s)", options)
     values = None if resume else config.to_dict()  # a resumed run reads its saved config there
+    from .distributed.liveness import Liveness
+
+    liveness = Liveness(config.liveness_timeout, config.restart_timeout)  # a lost cluster stops the wait
     try:
-        return ray.get(task.remote(values, str(output_dir), progress, resume))
+        return liveness.get(task.remote(values, str(output_dir), progress, resume), "the run's task on a worker")
     except ray.exceptions.RayTaskError as error:  # the run's own error (a bad config, no data...): as it was raised
         cause = error.cause
         if isinstance(cause, Exception):
@@ -118,6 +121,8 @@ def _run_as_task(config: Config, output_dir: str | Path | Folder, progress: bool
     except ray.exceptions.RayError as error:  # its worker or node lost: Ray does not retry a run
         raise RunLostError(f"the run's Ray task was lost ({type(error).__name__}); "
                            f"{checkpoint.resume_hint(output_dir)}") from None
+    except RunLostError as error:  # the cluster stopped answering while the driver waited
+        raise type(error)(f"{error}; {checkpoint.resume_hint(output_dir)}") from None
 
 
 def _uses_ray(config: Config, address: str | None) -> bool:
