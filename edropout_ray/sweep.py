@@ -253,9 +253,12 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
     if driver_without_cpus():  # a cloud cluster's head: the test-set pass and the export run on a worker
         import ray
 
-        task = ray.remote(_export_best_into).options(name="export the best trial",
-                                                     **learner_options(Config.from_dict(values)))
-        ray.get(task.remote(values, best.checkpoint, str(output)))
+        from .distributed.liveness import Liveness
+
+        config = Config.from_dict(values)
+        task = ray.remote(_export_best_into).options(name="export the best trial", **learner_options(config))
+        Liveness(config.liveness_timeout, config.restart_timeout).get(  # a lost cluster stops the wait
+            task.remote(values, best.checkpoint, str(output)), "the best trial's export on a worker")
     else:
         _export_best_into(values, best.checkpoint, output)
     return rows

@@ -101,6 +101,7 @@ def _run_as_task(config: Config, output_dir: str | Path | Folder, progress: bool
     hold the GPUs (the loop, validation and the report run there)."""
     import ray
 
+    from .distributed.liveness import Liveness
     from .distributed.placement import learner_options
 
     trains_itself = config.shards == 0 or config.method != "edropout"
@@ -108,8 +109,6 @@ def _run_as_task(config: Config, output_dir: str | Path | Folder, progress: bool
     task = ray.remote(_on_worker).options(name="edropout-ray train", max_retries=0, **options)
     log.info("this node has no CPUs for work: the run goes to a worker as a Ray task (%s)", options)
     values = None if resume else config.to_dict()  # a resumed run reads its saved config there
-    from .distributed.liveness import Liveness
-
     liveness = Liveness(config.liveness_timeout, config.restart_timeout)  # a lost cluster stops the wait
     try:
         return liveness.get(task.remote(values, str(output_dir), progress, resume), "the run's task on a worker")

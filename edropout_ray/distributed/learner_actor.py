@@ -24,7 +24,7 @@ import torch
 from ..config import Config
 from ..training.learner import Learner, StepResult
 from .liveness import ActorLostError, Liveness
-from .placement import actor_device, here
+from .placement import actor_device, computing_on
 from ..models import ModelRecipe
 from .shard import ShardPool
 from ..pruning.scoring_options import ScoringOptions
@@ -60,7 +60,7 @@ class LearnerWorker:
 
     def where(self) -> dict:
         """The device it trains on and what Ray gave it (its GPU ids included)."""
-        return {"device": str(self.device), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], **here()}
+        return computing_on(self.device)
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         return self._ready().step(state.to(self.device), x.to(self.device), y.to(self.device))

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ..artifacts.storage import Folder, open_folder
 from ..config import Config
 from ..errors import DenseBaselineError, DeviceError
 from ..training.dense import train_dense
 from ..training.run_setup import prepare
+
+if TYPE_CHECKING:
+    import torch
 
 
 def learner_bundle(config: Config) -> dict[str, float]:
@@ -43,7 +47,7 @@ def in_ray_worker() -> bool:
     return ray is not None and ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
 
 
-def actor_device(device: str, who: str) -> "torch.device":
+def actor_device(device: str, who: str) -> torch.device:
     """The device an actor computes on: 'cuda' is the GPU Ray gave it (Ray sets CUDA_VISIBLE_DEVICES,
     so it is cuda:0 there; a fractional reservation shares it with other actors). A GPU reserved that
     torch cannot see is an error, never a silent fall back to the CPU."""
@@ -65,9 +69,16 @@ def here() -> dict:
     if ray is not None and ray.is_initialized():
         context = ray.get_runtime_context()
         where["node_id"] = context.get_node_id()
-        if context.worker.mode == ray.WORKER_MODE:
+        if in_ray_worker():
             where["resources"] = context.get_assigned_resources()
     return where
+
+
+def computing_on(device: torch.device) -> dict:
+    """An actor's `where()`: the device it computes on, its Ray GPU ids and `here()`."""
+    import ray
+
+    return {"device": str(device), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], **here()}
 
 
 def driver_without_cpus() -> bool:

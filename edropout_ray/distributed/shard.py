@@ -18,7 +18,7 @@ import ray
 import torch
 
 from .liveness import ActorLostError, Liveness
-from .placement import actor_device, here
+from .placement import actor_device, computing_on
 from ..models import ModelRecipe
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
@@ -50,7 +50,7 @@ class ShardWorker:
 
     def where(self) -> dict:
         """The device it scores on and what Ray gave it (its GPU ids included)."""
-        return {"device": str(self.device), "gpu_ids": [str(i) for i in ray.get_gpu_ids()], **here()}
+        return computing_on(self.device)
 
     def load_weights(self, boxed: list) -> None:
         """`[ref]` of tensors, or of NumPy arrays read zero-copy from the object store (read-only: copied in).
