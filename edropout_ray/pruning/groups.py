@@ -22,6 +22,15 @@ def _is_depthwise(conv: nn.Module) -> bool:
     return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
 
 
+def shared_tensor_names(model: nn.Module) -> set[str]:
+    """Names of the parameters and buffers that one tensor holds under two names or more (tied weights)."""
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    holders: dict[int, list[str]] = {}
+    for name, tensor in named:
+        holders.setdefault(id(tensor), []).append(name)
+    return {name for names in holders.values() if len(names) > 1 for name in names}
+
+
 class GroupReader:
     """Turns Torch-Pruning groups into slice indices, refusing anything it cannot mask exactly."""
 
@@ -30,6 +39,7 @@ class GroupReader:
         self.graph = graph
         self.names = {module: name for name, module in model.named_modules()}
         self.tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        self.shared = shared_tensor_names(model)
         self.norm_inputs = norm_inputs
 
     def feeds_output(self, group) -> bool:
@@ -164,6 +174,8 @@ class GroupReader:
             else:
                 return [], [], f"layer {name!r} of type {type(module).__name__}"
         for tensor_name, dim, idxs, _, _ in found:
+            if tensor_name in self.shared:  # cutting it for one layer would cut it for the other
+                return [], [], f"{tensor_name!r} is a tensor another layer shares (tied weights)"
             if idxs and max(idxs) >= self.tensors[tensor_name].shape[dim]:
                 return [], [], (f"Torch-Pruning maps channels of {tensor_name!r} out of its range (a channel split "
                                 "or concatenation it does not follow)")

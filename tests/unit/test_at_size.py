@@ -149,3 +149,44 @@ def test_after_the_freeze_the_network_trained_at_size_is_the_masked_and_the_expo
     loss = lambda logits: torch.nn.functional.cross_entropy(logits, y).item()
     assert loss(at_size) == pytest.approx(loss(masked), rel=1e-9)
     assert loss(exported) == pytest.approx(loss(masked), rel=1e-9)
+
+
+class _TiedConvs(nn.Module):
+    """Two convs, then one 3x3 conv's weight and bias used by two layers (tied weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.mid, self.mid_bn = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.shared, self.shared_bn = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.again, self.again_bn = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.again.weight, self.again.bias = self.shared.weight, self.shared.bias
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem_bn(self.stem(x)).relu()
+        x = self.mid_bn(self.mid(x)).relu()
+        x = self.shared_bn(self.shared(x)).relu()
+        return self.fc(self.again_bn(self.again(x)).relu().mean((2, 3)))
+
+
+def test_layers_that_share_a_weight_stay_whole_and_the_rest_trains_at_size(caplog):
+    """Cutting a shared tensor for one layer would cut it for the other: the groups that touch it are
+    kept whole, with a warning naming it; the stem's group is pruned, and trained at size it takes the
+    same steps as masked (the shared weight's gradient summed over both uses, as in the dense model)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.arange(6) % 10
+    with caplog.at_level(logging.WARNING):
+        spaces = [PruningSpace(_TiedConvs().double(), x[:2]) for _ in range(2)]
+    assert [g.root for g in spaces[0].groups] == ["stem"]
+    assert "'shared.weight' is a tensor another layer shares" in caplog.text
+    spaces[1].model.load_state_dict(spaces[0].model.state_dict())
+    config = Config(optimizer="sgd", lr=0.05, momentum=0.9)
+    at_size = Learner(spaces[0], config.replace(train_at_size=True))
+    masked = Learner(spaces[1], config.replace(train_at_size=False))
+    assert at_size.at_size
+    state = torch.tensor([1.0] * 8 + [0.0] * 8)
+    for step in range(3):
+        a, b = at_size.step(state, x, y), masked.step(state, x, y)
+        assert a.loss == pytest.approx(b.loss, rel=1e-9), f"step {step}"
+        _assert_same_learner_state(at_size.state_dict(), masked.state_dict(), f"after step {step}")
