@@ -95,6 +95,7 @@ class PruningSpace(StateScoring):
         self._folded_problem: str | None | bool = False
         self._activation_masks: tuple[list[ActivationMask], list[ActivationMask]] | None = None
         self._measured: dict[tuple, str] = {}  # (device, input shape, states) -> the mode 'auto' measured fastest
+        self._counter: tuple | None = None  # (trainable names, _parameter_counter's tensors)
 
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -260,23 +261,37 @@ class PruningSpace(StateScoring):
 
     def kept_parameters_of(self, states: torch.Tensor) -> torch.Tensor:
         """Trainable parameters kept by each of `states` [S, U], as int64 [S]: a tensor's kept entries
-        are its kept slices along dim 0 times those along dim 1 (its mask is their outer product)."""
+        are its kept slices along dim 0 times those along dim 1 (its mask is their outer product).
+        Two matrix products over every tensor at once: the sizing of a population calls this a few
+        dozen times per step."""
         states = self._check_states(states).cpu()
-        extended = torch.cat([states.long(), torch.ones(states.shape[0], 1, dtype=torch.long)], dim=1)
+        extended = torch.cat([states.double(), torch.ones(states.shape[0], 1, dtype=torch.float64)], dim=1)
+        per_slice, out_units, in_units, uncut = self._parameter_counter()
+        kept = per_slice * (extended @ out_units) * (extended @ in_units)  # [S, tensors], exact in float64
+        return kept.sum(dim=1).round().long() + uncut
+
+    def _parameter_counter(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Per cut trainable tensor: entries per kept (out, in) slice pair, and the units [U + 1, tensors]
+        that its slices along dims 0 and 1 follow (the always-one bit where a dim is not cut); the
+        entries of the tensors no unit cuts. Built again when which parameters train changes."""
         params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
-        sliced = {e.name: e for e in self._slices if e.name in params}
-        total = torch.zeros(states.shape[0], dtype=torch.long)
-        for name, param in params.items():
-            entry = sliced.get(name)
-            if entry is None:
-                total += param.numel()
-                continue
-            kept = torch.full((states.shape[0],), param.numel(), dtype=torch.long)
-            for dim, index in ((0, entry.out_index), (1, entry.in_index)):
-                if index is not None:
-                    kept = kept // param.shape[dim] * extended[:, index.cpu()].sum(dim=1)
-            total += kept
-        return total
+        key = tuple(params)
+        if self._counter is None or self._counter[0] != key:
+            sliced = [e for e in self._slices if e.name in params]
+            per_slice = torch.ones(len(sliced), dtype=torch.float64)
+            units = [torch.zeros(self.num_units + 1, len(sliced), dtype=torch.float64) for _ in range(2)]
+            for column, entry in enumerate(sliced):
+                param = params[entry.name]
+                per_slice[column] = param.numel()
+                for dim, index in ((0, entry.out_index), (1, entry.in_index)):
+                    if index is None:
+                        units[dim][self.num_units, column] = 1.0
+                    else:
+                        per_slice[column] /= param.shape[dim]
+                        units[dim][:, column].index_add_(0, index.cpu(), torch.ones(len(index), dtype=torch.float64))
+            uncut = sum(p.numel() for name, p in params.items() if name not in {e.name for e in sliced})
+            self._counter = (key, (per_slice, units[0], units[1], uncut))
+        return self._counter[1]
 
     # ---- forwards --------------------------------------------------------------------------
     def masked_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
