@@ -97,33 +97,72 @@ def _closer_by_moves(space, counts, sizes, step, target, state_of) -> torch.Tens
         gap, counts = float(moved_gaps[best]), moves[best]
 
 
+ROUNDED_FIT_TOLERANCE = 0.005  # a state with rounded widths may miss the target by this much of the dense parameters
+
+
 def fit_states_to_parameters(space: PruningSpace, states: torch.Tensor, target: float,
-                             generator: torch.Generator) -> torch.Tensor:
+                             generator: torch.Generator, multiple: int = 1) -> torch.Tensor:
     """Each state [S, U] brought to the size closest to `target` of the parameters by dropping its kept
     units in a random order (or adding pruned ones in a random order), so the layer widths a state
     chose shrink or grow together and the search keeps choosing them. One unit of every group is
     kept first, so no layer is emptied.
+
+    With `multiple` > 1 every group larger than it keeps a multiple of it (the nearest, at least
+    `multiple`): at arbitrary channel counts every new state costs the convolution library new
+    kernel plans, and a search step at size costs up to a quarter more (docs/performance.md). A
+    state whose rounded widths cannot come within ROUNDED_FIT_TOLERANCE of the target (narrow
+    layers move the size in coarse steps) keeps its exact widths instead.
     """
-    count, units = states.shape
-    keys = torch.rand(count, units, generator=generator) + (~states).float()  # kept units in [0, 1), pruned in [1, 2)
-    start = 0
-    for size in space.group_sizes:  # each group's first unit in the order goes to the front
-        block = keys[:, start:start + size]
-        block.scatter_(1, block.argmin(dim=1, keepdim=True), -1.0)
-        start += size
-    rank = keys.argsort(dim=1).argsort(dim=1)  # a unit's place in its state's order
-    goal = target * float(space.kept_parameters_of(torch.ones(1, units, dtype=torch.bool))[0])
+    order = _UnitOrder(space, states, generator)
+    goal = target * float(space.kept_parameters_of(torch.ones(1, states.shape[1], dtype=torch.bool))[0])
+    fitted = order.fit(goal, multiple)
+    if multiple > 1:
+        missed = (space.kept_parameters_of(fitted).double() - goal).abs() > ROUNDED_FIT_TOLERANCE * goal / target
+        if bool(missed.any()):
+            fitted[missed] = order.fit(goal, 1)[missed]
+    return fitted
 
-    def params(prefix: torch.Tensor) -> torch.Tensor:
-        return space.kept_parameters_of(rank < prefix.unsqueeze(1)).double()
 
-    low = torch.full((count,), len(space.group_sizes))
-    high = torch.full((count,), units)
-    while bool((low < high).any()):  # the shortest prefix that reaches the goal
-        middle = (low + high) // 2
-        enough = params(middle) >= goal
-        high = torch.where(enough & (low < high), middle, high)
-        low = torch.where(~enough & (low < high), middle + 1, low)
-    shorter = (high - 1).clamp(min=len(space.group_sizes))
-    closer = (params(shorter) - goal).abs() < (params(high) - goal).abs()
-    return rank < torch.where(closer, shorter, high).unsqueeze(1)
+class _UnitOrder:
+    """A random order of each state's units, kept ones first, and the states that keep a prefix of it."""
+
+    def __init__(self, space: PruningSpace, states: torch.Tensor, generator: torch.Generator):
+        self.space = space
+        count, units = states.shape
+        keys = torch.rand(count, units, generator=generator) + (~states).float()  # kept in [0, 1), pruned in [1, 2)
+        self.sizes = torch.tensor(space.group_sizes)
+        self.group_of = torch.repeat_interleave(torch.arange(len(self.sizes)), self.sizes)
+        self.place = torch.empty(count, units, dtype=torch.long)  # a unit's place in its group's order
+        start = 0
+        for size in space.group_sizes:  # each group's first unit in the order goes to the front
+            block = keys[:, start:start + size]
+            block.scatter_(1, block.argmin(dim=1, keepdim=True), -1.0)
+            self.place[:, start:start + size] = block.argsort(dim=1).argsort(dim=1)
+            start += size
+        self.rank = keys.argsort(dim=1).argsort(dim=1)  # a unit's place in its state's order
+
+    def states_at(self, prefix: torch.Tensor, multiple: int) -> torch.Tensor:
+        """The states that keep the `prefix` [S] first units of their order, each group's count rounded."""
+        kept = torch.zeros(len(prefix), len(self.sizes), dtype=torch.long).index_add_(
+            1, self.group_of, (self.rank < prefix.unsqueeze(1)).long())
+        if multiple > 1:
+            rounded = torch.div(kept + multiple // 2, multiple, rounding_mode="floor") * multiple
+            kept = torch.where(self.sizes > multiple, rounded.clamp(min=multiple).minimum(self.sizes), kept)
+        return self.place < kept[:, self.group_of]
+
+    def fit(self, goal: float, multiple: int) -> torch.Tensor:
+        """Per state, the prefix whose states keep the number of parameters closest to `goal`."""
+        def params(prefix: torch.Tensor) -> torch.Tensor:
+            return self.space.kept_parameters_of(self.states_at(prefix, multiple)).double()
+
+        count, units = self.rank.shape
+        low = torch.full((count,), len(self.sizes))
+        high = torch.full((count,), units)
+        while bool((low < high).any()):  # the shortest prefix that reaches the goal
+            middle = (low + high) // 2
+            enough = params(middle) >= goal
+            high = torch.where(enough & (low < high), middle, high)
+            low = torch.where(~enough & (low < high), middle + 1, low)
+        shorter = (high - 1).clamp(min=len(self.sizes))
+        closer = (params(shorter) - goal).abs() < (params(high) - goal).abs()
+        return self.states_at(torch.where(closer, shorter, high), multiple)

@@ -72,8 +72,9 @@ class EDropoutEngine:
         return self.step_count < self.warmup_steps
 
     def _sized(self, states: torch.Tensor) -> torch.Tensor:
-        if self.target and self.kept_counts is None:  # widths searched; not rounded to channel_multiple
-            return fit_states_to_parameters(self.space, states, self.target, self.generator)
+        if self.target and self.kept_counts is None:  # widths searched
+            return fit_states_to_parameters(self.space, states, self.target, self.generator,
+                                            self.config.channel_multiple)
         if self.kept_counts is not None:
             return set_kept_counts(states, self.space.group_sizes, self.kept_counts, self.generator)
         return round_kept_counts(states, self.space.group_sizes, self.config.channel_multiple, self.generator)

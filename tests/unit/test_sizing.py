@@ -55,3 +55,29 @@ def test_counts_for_parameters_keep_the_target_whichever_units(space, target, mu
     assert len({tuple(s.tolist()) for s in states}) == 3  # three different choices of units ...
     for state in states:  # ... of the same size
         assert abs(parameters_fraction(space, state) - target) < 0.02
+
+
+@pytest.mark.parametrize("name", ["resnet18", "small_cnn"])
+def test_searched_widths_come_in_blocks_of_eight_where_the_target_allows(name):
+    """Rounded to multiples of 8, a state is held within ROUNDED_FIT_TOLERANCE of the target; one whose
+    narrow layers cannot get that close keeps the exact fit drawn from the same random order. ResNet-18's
+    groups (64 to 512 channels) always allow it."""
+    from helpers import random_states, space_of
+    from edropout_ray.evolution.population import kept_per_group
+    from edropout_ray.pruning.sizing import ROUNDED_FIT_TOLERANCE, fit_states_to_parameters
+
+    space = space_of(name)
+    states = random_states(space, 12, p_keep=0.7, seed=0)
+    exact = fit_states_to_parameters(space, states, 0.4, torch.Generator().manual_seed(1))
+    rounded = fit_states_to_parameters(space, states, 0.4, torch.Generator().manual_seed(1), multiple=8)
+    sizes = torch.tensor(space.group_sizes)
+    in_blocks = 0
+    for state, exact_state in zip(rounded, exact):
+        counts = kept_per_group(state, space.group_sizes)
+        if bool(((counts % 8 == 0) | (sizes <= 8)).all()):
+            in_blocks += 1
+            assert abs(parameters_fraction(space, state) - 0.4) <= ROUNDED_FIT_TOLERANCE
+        else:
+            assert torch.equal(state, exact_state)
+    assert abs(parameters_fraction(space, exact[0]) - 0.4) < 0.01
+    assert in_blocks == len(states) if name == "resnet18" else 0 < in_blocks
