@@ -176,7 +176,7 @@ def test_layers_that_share_a_weight_stay_whole_and_the_rest_trains_at_size(caplo
     same steps as masked (the shared weight's gradient summed over both uses, as in the dense model)."""
     torch.manual_seed(0)
     x, y = torch.randn(6, 3, 8, 8, dtype=torch.float64), torch.arange(6) % 10
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="edropout_ray.pruning.space"):
         spaces = [PruningSpace(_TiedConvs().double(), x[:2]) for _ in range(2)]
     assert [g.root for g in spaces[0].groups] == ["stem"]
     assert "'shared.weight' is a tensor another layer shares" in caplog.text
