@@ -10,14 +10,13 @@ Every wait checks the cluster (liveness.py), so a lost cluster stops the run ins
 
 from __future__ import annotations
 
-import math
-
 import ray
 import torch
 
 from ..config import Config
 from ..errors import DeviceError
-from ..training.step import EDropoutEngine, StepRecord
+from ..training.contract import StepResult
+from ..training.step import EDropoutEngine, PendingStep
 from .learner_actor import LearnerWorker, RemoteLearner
 from .liveness import Liveness
 from ..models import ModelRecipe
@@ -27,12 +26,13 @@ from ..pruning.space import PruningSpace
 
 
 class DistributedEngine(EDropoutEngine):
-    """EDropoutEngine whose scorer is a ShardPool and whose learner is a remote actor."""
+    """EDropoutEngine whose scorer is a ShardPool and whose learner is a remote actor: the step's
+    sequence is the base class's; only how it scores and how it learns differ."""
 
     def __init__(self, space: PruningSpace, config: Config, pool: ShardPool, learner: RemoteLearner):
         super().__init__(space, config, scorer=self._score, learner=learner)
         self.pool = pool
-        self._pending: tuple[ray.ObjectRef, StepRecord] | None = None
+        self.learner: RemoteLearner = learner
 
     def _score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         while True:
@@ -41,38 +41,20 @@ class DistributedEngine(EDropoutEngine):
             except WeightsLost as error:  # bounded: each recovery uses up one of the learner's restarts
                 self.learner.recover(error)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
+    def _learn(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult | PendingStep:
+        """With `overlap`, this step's children were scored while the learner's previous step ran on its
+        actor (with the weights from before that step); the shards get the newer weights only now, and
+        this step's result is collected at the next one."""
         if not self.config.overlap:
-            return super().step(x, y, epoch)
-        # The shards score these children while the learner's previous step runs on its actor, so
-        # with the weights from before that step; they get the newer weights only afterwards.
-        was_frozen = self.frozen
-        accepted = self.search(x, y)
+            return self.learner.step(state, x, y)
         self._collect_pending()
         self.learner.publish_if_due()
-        state = self.training_state()
-        future = self.learner.step_async(state, x, y)
-        self.step_count += 1
-        record = self._record(epoch, state, accepted, loss=math.nan, accuracy=math.nan)
-        self._pending = (future, record)  # loss and accuracy are filled in when the step finishes
-        self._check_convergence(epoch, record.diversity)
-        self._after_freeze(was_frozen)
-        return record
+        return self.learner.step_async(state, x, y)
 
-    def _collect_pending(self) -> None:
-        if self._pending is not None:
-            future, record = self._pending
-            result = self.learner.result(future)
-            record.loss, record.accuracy = result.loss, result.accuracy
-            self._pending = None
-
-    def end_epoch(self) -> None:
-        self._collect_pending()
-        super().end_epoch()
-
-    def state_dict(self) -> dict:
-        self._collect_pending()
-        return super().state_dict()
+    def checkpoint(self) -> dict:
+        saved = super().checkpoint()
+        self.learner.restart_from(saved["learner"])  # a learner lost from now on resumes from this state
+        return saved
 
     def finish(self) -> None:
         self._collect_pending()

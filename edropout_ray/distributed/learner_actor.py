@@ -1,6 +1,6 @@
 """The central learner as a Ray actor, and the proxy the engine talks to.
 
-The proxy has the local `Learner`'s interface (step, end_epoch, lr, weights, state_dict), so the
+The actor and the proxy satisfy the local `Learner`'s contract (training/contract.py), so the
 engine does not know which runtime it drives. After every `sync_every` steps it publishes the
 new weights to the shards through the object store, without a trip through the driver.
 
@@ -16,13 +16,15 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 import torch
 
 from ..config import Config
-from ..training.learner import Learner, StepResult
+from ..training.contract import StepResult
+from ..training.learner import Learner
 from .liveness import ActorLostError, Liveness
 from .placement import actor_device, computing_on
 from ..models import ModelRecipe
@@ -38,6 +40,8 @@ class LearnerRestarted(RuntimeError):
 
 
 class LearnerWorker:
+    """A `Learner` on its own process and device (a LearnerContract, called through Ray)."""
+
     def __init__(self, recipe: ModelRecipe, example_inputs: torch.Tensor, config: Config,
                  initial_weights: dict[str, torch.Tensor], device: str = "cpu", total_steps: int | None = None):
         self.device = actor_device(device, "the learner")
@@ -71,8 +75,11 @@ class LearnerWorker:
     def restart_schedule(self) -> None:
         self._ready().restart_schedule()
 
-    def lr(self) -> float:
-        return self._ready().lr
+    def learning_rate(self) -> float:
+        return self._ready().learning_rate()
+
+    def sync(self) -> None:
+        self._ready().sync()
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self._ready().weights()
@@ -91,6 +98,47 @@ class LearnerWorker:
     def load_state_dict(self, state: dict) -> None:
         self.learner.load_state_dict(state)
         self.restarted = False
+
+
+@dataclass(frozen=True)
+class ReplayedStep:
+    """A step sent to the actor: its state and its batch's object refs (kept until the next checkpoint)."""
+    state: torch.Tensor
+    x_ref: "ray.ObjectRef"
+    y_ref: "ray.ObjectRef"
+
+    def send(self, actor) -> "ray.ObjectRef":
+        return actor.step.remote(self.state, self.x_ref, self.y_ref)
+
+
+@dataclass(frozen=True)
+class ReplayedEpochEnd:
+    def send(self, actor) -> "ray.ObjectRef":
+        return actor.end_epoch.remote()
+
+
+@dataclass(frozen=True)
+class ReplayedScheduleRestart:
+    def send(self, actor) -> "ray.ObjectRef":
+        return actor.restart_schedule.remote()
+
+
+@dataclass(frozen=True)
+class Published:
+    """Weights were published to the shards at this point (only the last one is published again)."""
+
+
+ReplayEntry = ReplayedStep | ReplayedEpochEnd | ReplayedScheduleRestart | Published
+
+
+class RemoteStep:
+    """A step running on the learner actor (a PendingStep): `result()` waits, recovering a lost actor."""
+
+    def __init__(self, learner: "RemoteLearner", future: "ray.ObjectRef"):
+        self.learner, self.future = learner, future
+
+    def result(self) -> StepResult:
+        return self.learner.result(self.future)
 
 
 # errors that mean "the actor lost its state": it died (and may be restarting), or it came back empty
@@ -113,30 +161,30 @@ class RemoteLearner:
         self.recoverable = recoverable
         self.steps = 0
         self.recoveries = 0
-        self.log: list[tuple] = []
+        self.log: list[ReplayEntry] = []
         self.snapshot_ref: ray.ObjectRef | None = None
         self.last_future: ray.ObjectRef | None = None
         if recoverable:  # the state at step 0, until the first checkpoint replaces it
             self.snapshot_ref = ray.put(self._read("state_dict"))
         self.publish()
 
-    # ---- the Learner interface -----------------------------------------------------------------
+    # ---- the learner contract, and publishing ---------------------------------------------------
     def publish(self) -> None:
         """The weights after the learner's last submitted step (actor calls run in order)."""
         self.pool.publish(self.actor.weights_for_broadcast.remote())
-        self._log("publish")
+        self._log(Published())
 
     def publish_if_due(self) -> None:
         if self.steps % self.sync_every == 0:
             self.publish()
 
-    def step_async(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> "ray.ObjectRef":
+    def step_async(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> RemoteStep:
         """Start a step without publishing its weights: the caller decides when shards get them."""
         self.steps += 1
-        args = (state.cpu(), ray.put(x.cpu()), ray.put(y.cpu()))
-        self._log("step", *args)
-        self.last_future = self.actor.step.remote(*args)
-        return self.last_future
+        entry = ReplayedStep(state.cpu(), ray.put(x.cpu()), ray.put(y.cpu()))
+        self._log(entry)
+        self.last_future = entry.send(self.actor)
+        return RemoteStep(self, self.last_future)
 
     def result(self, future: "ray.ObjectRef") -> StepResult:
         """The step's result; if the actor was lost meanwhile, recover it and take the replayed one."""
@@ -150,12 +198,12 @@ class RemoteLearner:
                 future = self.last_future
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        future = self.step_async(state, x, y)
+        pending = self.step_async(state, x, y)
         self.publish_if_due()
-        return self.result(future)
+        return pending.result()
 
     def end_epoch(self) -> None:
-        self._log("end_epoch")
+        self._log(ReplayedEpochEnd())
         future = self.actor.end_epoch.remote()
         try:
             self.liveness.get(future, "the learner's end of epoch")
@@ -163,25 +211,30 @@ class RemoteLearner:
             self.recover(error)  # the replay ends the epoch
 
     def restart_schedule(self) -> None:
-        self._log("restart_schedule")
+        self._log(ReplayedScheduleRestart())
         self._read("restart_schedule")
 
-    @property
-    def lr(self) -> float:
-        return self._read("lr")
+    def learning_rate(self) -> float:
+        return self._read("learning_rate")
+
+    def sync(self) -> None:
+        """Nothing to do here: the actor syncs before it hands out weights or state."""
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self._read("weights")
 
     def state_dict(self) -> dict:
-        """The learner's state, for a checkpoint; it also becomes the state a lost learner restarts from."""
-        state = self._read("state_dict")
-        if self.recoverable:
-            self.snapshot_ref = ray.put(state)
-            # the shards' weights are this state's only if they were published after the last step
-            published_now = bool(self.log) and self.log[-1][0] == "publish"
-            self.log = [("publish",)] if published_now else []
-        return state
+        return self._read("state_dict")
+
+    def restart_from(self, state: dict) -> None:
+        """`state` (this learner's, just written to a checkpoint) is where a lost learner restarts:
+        the replay log starts again from it."""
+        if not self.recoverable:
+            return
+        self.snapshot_ref = ray.put(state)
+        # the shards' weights are this state's only if they were published after the last step
+        published_now = bool(self.log) and isinstance(self.log[-1], Published)
+        self.log = [Published()] if published_now else []
 
     def load_state_dict(self, state: dict) -> None:
         self.liveness.get(self.actor.load_state_dict.remote(state), "the learner's state")
@@ -196,7 +249,7 @@ class RemoteLearner:
             pass
 
     # ---- recovery ------------------------------------------------------------------------------
-    def _log(self, *entry) -> None:
+    def _log(self, entry: ReplayEntry) -> None:
         if self.recoverable:
             self.log.append(entry)
 
@@ -217,21 +270,20 @@ class RemoteLearner:
                        "set checkpoint_every (and learner_restarts > 0) to survive this")
             raise ActorLostError(message) from None
         self.recoveries += 1
-        steps = sum(1 for entry in self.log if entry[0] == "step")
+        steps = sum(1 for entry in self.log if isinstance(entry, ReplayedStep))
         log.warning("the learner actor was lost (%s); restarting it from the latest checkpoint and replaying %d "
                     "steps", type(cause).__name__, steps)
         self._wait_for_restart()
         self.actor.load_state_dict.remote(self.snapshot_ref)
-        last_publish = max((i for i, entry in enumerate(self.log) if entry[0] == "publish"), default=None)
-        for index, (kind, *args) in enumerate(self.log):
-            if kind == "step":
-                self.last_future = self.actor.step.remote(*args)
-            elif kind == "end_epoch":
-                self.actor.end_epoch.remote()
-            elif kind == "restart_schedule":
-                self.actor.restart_schedule.remote()
-            elif index == last_publish:  # earlier publishes were superseded before anything scored with them
-                self.pool.publish(self.actor.weights_for_broadcast.remote())
+        last_publish = max((i for i, entry in enumerate(self.log) if isinstance(entry, Published)), default=None)
+        for index, entry in enumerate(self.log):
+            if isinstance(entry, Published):
+                if index == last_publish:  # earlier publishes were superseded before anything scored with them
+                    self.pool.publish(self.actor.weights_for_broadcast.remote())
+                continue
+            future = entry.send(self.actor)
+            if isinstance(entry, ReplayedStep):
+                self.last_future = future
         if last_publish is None:  # the shards' weights predate the checkpoint: the closest we have
             log.warning("republishing the checkpoint's weights to the shards")
             self.pool.publish(self.actor.weights_for_broadcast.remote())

@@ -1,7 +1,7 @@
 """Backprop with a state applied, leaving every pruned unit exactly as it was.
 
 Where the model allows it (`PruningSpace.at_size_supported`) and `train_at_size` is on, the state's
-network is trained at its own size (compact_training.py): its kept slices are gathered when the
+network is trained at its own size (at_size_training.py): its kept slices are gathered when the
 state changes and scattered back when the dense weights are needed, so a step costs what the state
 keeps, and pruned entries are never touched. Otherwise the forward is masked: that zeroes the pruned
 units' gradients, but weight decay and momentum would still move them, so the learner snapshots the
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .at_size_training import CompactTraining, finite_loss
+from .contract import StepResult
 from ..config import Config
 from ..pruning.space import PruningSpace
 
@@ -61,14 +61,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: Config,
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
 
 
-@dataclass
-class StepResult:
-    loss: float
-    accuracy: float
-
-
 class Learner:
-    """Owns the weights' optimizer and learning-rate schedule for one PruningSpace."""
+    """Owns the weights' optimizer and learning-rate schedule for one PruningSpace (a LearnerContract)."""
 
     def __init__(self, space: PruningSpace, config: Config,
                  after_backward: Callable[[torch.nn.Module], None] | None = None, total_steps: int | None = None):
@@ -112,7 +106,7 @@ class Learner:
         buffers = [(b, b.clone()) for b in self.model.buffers()]  # small: norm statistics
 
         logits = self.space.masked_forward(state, x)
-        loss = finite_loss(logits, y, buffers, self.lr)
+        loss = finite_loss(logits, y, buffers, self.learning_rate())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.after_backward is not None:
@@ -182,8 +176,7 @@ class Learner:
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * cosine(self.scheduler.last_epoch)
 
-    @property
-    def lr(self) -> float:
+    def learning_rate(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
     def weights(self) -> dict[str, torch.Tensor]:

@@ -113,7 +113,7 @@ class TrainLoop:
         state = self.engine.best_state if self.evolve else self.state
         loader = self.setup.val_loader
         val = evaluate(self.engine.space, state, loader, self.setup.device) if loader else {"top1": None, "loss": None}
-        row = {"epoch": self.epoch, "val_top1": val["top1"], "val_loss": val["loss"], "lr": self.engine.learner.lr,
+        row = {"epoch": self.epoch, "val_top1": val["top1"], "val_loss": val["loss"], "lr": self.engine.learner.learning_rate(),
                "kept_fraction": float(state.float().mean()), "frozen": self.evolve and self.engine.frozen,
                "seconds": seconds}
         self.epoch_rows.append(row)
@@ -137,7 +137,7 @@ class TrainLoop:
     def save_checkpoint(self, folder: str | Path | Folder | None = None) -> None:
         """Into `folder`, by default the loop's `checkpoint_dir`."""
         checkpoint.save_checkpoint(self.checkpoint_dir if folder is None else folder, {
-            "engine": self.engine.state_dict(), "num_units": self.engine.space.num_units,
+            "engine": self.engine.checkpoint(), "num_units": self.engine.space.num_units,
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "loader_state": self.loader_state,
             "torch_rng": torch.get_rng_state(), "best_val_loss": self.best_val_loss,
             "epochs_without_gain": self.epochs_without_gain,

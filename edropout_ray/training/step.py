@@ -1,17 +1,22 @@
 """One EDropout training step: evolve, score, select, then backprop with the best state.
 
-The scorer is pluggable (`(states, x, y) -> energies`): in one process it is the pruning space's
-vectorized score; on Ray it scatters the states over shard actors. Same step, two runtimes.
+`EDropoutEngine.step` is the step's sequence, written once. A runtime changes how a part is done,
+never the order: the scorer is pluggable (`(states, x, y) -> energies`: the pruning space's own
+scoring in one process, shard actors on Ray), and `_learn` may hand back a `PendingStep` whose
+result arrives later (the coordinator's overlap), which the engine collects before it is needed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import math
+from dataclasses import dataclass, fields
+from typing import Callable, Protocol
 
 import torch
 
 from ..config import Config
+from ..errors import CheckpointError
+from .contract import LearnerContract, StepResult
 from .learner import Learner
 from ..evolution.population import (Population, diversity, reference_operator, repair_empty_groups,
                                     round_kept_counts, set_kept_counts)
@@ -35,11 +40,44 @@ class StepRecord:
     diversity: float  # mean Hamming distance between members, fraction of units (after selection)
 
 
+class PendingStep(Protocol):
+    """A learner step still running elsewhere; `result()` waits for it."""
+
+    def result(self) -> StepResult: ...
+
+
+@dataclass
+class EngineState:
+    """Everything a checkpoint keeps of the engine: the population, the generator, the convergence
+    bookkeeping and the learner's own state. Written as a plain dict (checkpoints are read with
+    `torch.load(weights_only=True)`), read back by field name so a missing key is named."""
+    states: torch.Tensor
+    energies: torch.Tensor
+    generator: torch.Tensor
+    step_count: int
+    previous_best: torch.Tensor | None
+    best_unchanged: int
+    final_mask: torch.Tensor | None
+    freeze_reason: str | None
+    learner: dict
+
+    def to_dict(self) -> dict:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "EngineState":
+        missing = [field.name for field in fields(cls) if field.name not in saved]
+        if missing:
+            raise CheckpointError(f"the checkpoint's engine state lacks {', '.join(missing)}: it was written by "
+                                  "another version or is damaged; start the run again without --resume")
+        return cls(**{field.name: saved[field.name] for field in fields(cls)})
+
+
 class EDropoutEngine:
     """Holds the population, the learner and the pruning schedule of one run."""
 
-    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None, learner=None,
-                 total_steps: int | None = None):
+    def __init__(self, space: PruningSpace, config: Config, scorer: Scorer | None = None,
+                 learner: LearnerContract | None = None, total_steps: int | None = None):
         self.space = space
         self.config = config
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -50,7 +88,7 @@ class EDropoutEngine:
         self.kept_counts = counts_for_parameters(space, self.target, config.channel_multiple) \
             if self.target and config.layer_widths == "uniform" else None
         self.population.states = self._sized(self.population.states)
-        self.learner = learner or Learner(space, config, total_steps=total_steps)  # steps: the schedule's length
+        self.learner: LearnerContract = learner or Learner(space, config, total_steps=total_steps)
         self.scorer = scorer or self.local_scorer
         self.final_mask: torch.Tensor | None = None
         self.previous_best: torch.Tensor | None = None
@@ -60,6 +98,7 @@ class EDropoutEngine:
         self.warmup_steps = 0  # dense steps before the population starts (set by plan())
         self.freeze_step: int | None = None  # the step by which the population freezes (set by plan())
         self.all_kept = torch.ones(space.num_units, dtype=torch.bool)
+        self._pending: tuple[PendingStep, StepRecord] | None = None  # a step whose loss is not in yet
 
     def plan(self, total_steps: int) -> None:
         """The run's length in steps, known to the loop: `dense_warmup` is a share of it."""
@@ -145,28 +184,47 @@ class EDropoutEngine:
         return self.population.states[ranked[pick]].squeeze(0)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
+        """Search (while searching), pick the state to train, learn with it, record, check convergence."""
         was_frozen = self.frozen
         accepted = self.search(x, y)
         state = self.training_state()
-        result = self.learner.step(state, x, y)
+        outcome = self._learn(state, x, y)
         self.step_count += 1
-        record = self._record(epoch, state, accepted, result.loss, result.accuracy)
+        record = self._record(epoch, state, accepted, outcome)
         self._check_convergence(epoch, record.diversity)
         self._after_freeze(was_frozen)
         return record
+
+    def _learn(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult | PendingStep:
+        """The learner's step with `state`: done now in one process (a runtime may return it pending)."""
+        return self.learner.step(state, x, y)
+
+    def _collect_pending(self) -> None:
+        """Fill in the loss and accuracy of a step that was still running when it was recorded."""
+        if self._pending is not None:
+            pending, record = self._pending
+            self._pending = None
+            result = pending.result()
+            record.loss, record.accuracy = result.loss, result.accuracy
 
     def _after_freeze(self, was_frozen: bool) -> None:
         """`lr_after_freeze: restart`: the step that froze the mask rewinds the learning rate."""
         if self.frozen and not was_frozen and self.config.lr_after_freeze == "restart":
             self.learner.restart_schedule()
 
-    def _record(self, epoch: int, state: torch.Tensor, accepted: int, loss: float, accuracy: float) -> StepRecord:
-        """The history row of the step just taken with `state`."""
+    def _record(self, epoch: int, state: torch.Tensor, accepted: int,
+                outcome: StepResult | PendingStep) -> StepRecord:
+        """The history row of the step just taken with `state` (loss and accuracy later if pending)."""
         energies = self.population.energies  # inf until the population is first scored (the warm-up)
-        return StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
-                          mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
-                          accepted=accepted, loss=loss, accuracy=accuracy, frozen=self.frozen,
-                          diversity=diversity(self.population.states))
+        done = isinstance(outcome, StepResult)
+        record = StepRecord(step=self.step_count, epoch=epoch, best_energy=float(energies.min()),
+                            mean_energy=float(energies.mean()), kept_fraction=float(state.float().mean()),
+                            accepted=accepted, loss=outcome.loss if done else math.nan,
+                            accuracy=outcome.accuracy if done else math.nan, frozen=self.frozen,
+                            diversity=diversity(self.population.states))
+        if not done:
+            self._pending = (outcome, record)
+        return record
 
     def _check_convergence(self, epoch: int, spread: float) -> None:
         """Early state convergence: from epoch `converge_after` on, freeze the best state once the
@@ -198,31 +256,42 @@ class EDropoutEngine:
         self.final_mask = best.clone()
 
     def end_epoch(self) -> None:
+        self._collect_pending()
         self.learner.end_epoch()
 
-    def state_dict(self) -> dict:
-        """The evolution's and the learner's state, for checkpoints (tensors and plain values)."""
-        return {
-            "states": self.population.states.clone(), "energies": self.population.energies.clone(),
-            "generator": self.generator.get_state(), "step_count": self.step_count,
-            "previous_best": self.previous_best, "best_unchanged": self.best_unchanged,
-            "final_mask": self.final_mask, "freeze_reason": self.freeze_reason,
-            "learner": self.learner.state_dict(),
-        }
+    def snapshot(self) -> EngineState:
+        """The evolution's and the learner's state (tensors and plain values), with no side effects."""
+        self._collect_pending()
+        return EngineState(states=self.population.states.clone(), energies=self.population.energies.clone(),
+                           generator=self.generator.get_state(), step_count=self.step_count,
+                           previous_best=self.previous_best, best_unchanged=self.best_unchanged,
+                           final_mask=self.final_mask, freeze_reason=self.freeze_reason,
+                           learner=self.learner.state_dict())
 
-    def load_state_dict(self, state: dict) -> None:
-        self.population.states = state["states"].clone()
-        self.population.energies = state["energies"].clone()
-        self.generator.set_state(state["generator"])
-        self.step_count = state["step_count"]
-        self.previous_best, self.best_unchanged = state["previous_best"], state["best_unchanged"]
-        self.freeze_reason = state["freeze_reason"]
-        self.final_mask = state["final_mask"]
-        self.learner.load_state_dict(state["learner"])
+    def restore(self, saved: EngineState) -> None:
+        self.population.states = saved.states.clone()
+        self.population.energies = saved.energies.clone()
+        self.generator.set_state(saved.generator)
+        self.step_count = saved.step_count
+        self.previous_best, self.best_unchanged = saved.previous_best, saved.best_unchanged
+        self.freeze_reason, self.final_mask = saved.freeze_reason, saved.final_mask
+        self.learner.load_state_dict(saved.learner)
+
+    def checkpoint(self) -> dict:
+        """What a checkpoint writes (`EngineState` as a dict); a runtime may also keep it as the point
+        its learner restarts from."""
+        return self.snapshot().to_dict()
+
+    def state_dict(self) -> dict:
+        return self.snapshot().to_dict()
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.restore(EngineState.from_dict(saved))
 
     def finish(self) -> None:
         """Make the driver's model hold the learner's latest weights (in one process, the learner's
         model is the driver's: only what it trained at size is written back)."""
+        self._collect_pending()
         self.learner.sync()
 
     def close(self) -> None:

@@ -248,13 +248,13 @@ def test_cosine_schedule_anneals_per_step_to_zero_when_the_runs_length_is_known(
     rates = []
     for _ in range(4):
         engine.step(x, y, epoch=0)
-        rates.append(engine.learner.lr)
+        rates.append(engine.learner.learning_rate())
     engine.end_epoch()  # no second decay at the end of an epoch
     assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)])
-    assert engine.learner.lr == pytest.approx(0.0)
+    assert engine.learner.learning_rate() == pytest.approx(0.0)
     per_epoch = make_engine(config, x)  # without the length: once per epoch, over config.epochs
     per_epoch.step(x, y, epoch=0)
-    assert per_epoch.learner.lr == 0.1
+    assert per_epoch.learner.learning_rate() == 0.1
 
 
 def test_dense_search_trains_every_unit_until_its_deadline_then_the_frozen_mask(digits_batch):
@@ -295,7 +295,7 @@ def test_lr_restart_rewinds_the_rate_when_the_mask_freezes_and_survives_a_checkp
     rates = []
     for _ in range(8):
         engine.step(x, y, epoch=0)
-        rates.append(engine.learner.lr)
+        rates.append(engine.learner.learning_rate())
         if len(rates) == 5:
             saved = engine.state_dict()
     # frozen by step 4 of 8: the rate starts again from lr and anneals to zero over the last 4 steps
@@ -306,7 +306,7 @@ def test_lr_restart_rewinds_the_rate_when_the_mask_freezes_and_survives_a_checkp
     resumed.plan(total_steps=8)
     resumed.load_state_dict(saved)
     resumed.step(x, y, epoch=0)
-    assert resumed.learner.lr == pytest.approx(rates[5])  # the rewound schedule, not the original one
+    assert resumed.learner.learning_rate() == pytest.approx(rates[5])  # the rewound schedule, not the original one
 
 
 def test_lr_after_freeze_continue_keeps_one_cosine(digits_batch):
@@ -318,5 +318,5 @@ def test_lr_after_freeze_continue_keeps_one_cosine(digits_batch):
     rates = []
     for _ in range(8):
         engine.step(x, y, epoch=0)
-        rates.append(engine.learner.lr)
+        rates.append(engine.learner.learning_rate())
     assert rates == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(1, 9)])
