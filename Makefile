@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/edropout-ray train --config jobs/demo.yaml --output runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_overhead.py

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import checkpoint, history
-from .baselines.pruners import run_baseline
-from .baselines.torch_pruning import METHODS as TP_METHODS, run_torch_pruning
+from .baselines.registry import run_baseline
 from .config import Config
 from .training.step import EDropoutEngine
 from .evolution.population import kept_per_group
@@ -146,8 +145,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
         if payload is not None or config.shards:
             raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
                               "and shards")
-        pruned = run_torch_pruning(space, config, setup) if config.method in TP_METHODS else \
-            run_baseline(space, config, setup)
+        pruned = run_baseline(space, config, setup)
     final_mask, step_rows, epoch_rows, freeze_reason = pruned.state, pruned.step_rows, pruned.epoch_rows, \
         pruned.freeze_reason
     edropout_seconds = time.perf_counter() - started

@@ -26,6 +26,7 @@ from ..pruning.space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
 STRATEGIES = DROPNET_STRATEGIES
+RANKING_CRITERIA = ("l1", "random")
 
 
 def select_to_drop(scores: torch.Tensor, state: torch.Tensor, layer: torch.Tensor, strategy: str, fraction: float,
@@ -177,13 +178,15 @@ def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, criterion: 
     Kept: `prune_target_params` of the parameters when given (bisecting the keep fraction of the
     same ranking), else `prune_target` of the units.
     """
+    if criterion not in RANKING_CRITERIA:
+        raise ValueError(f"ranking criterion must be one of {', '.join(RANKING_CRITERIA)}, got {criterion!r}")
     budget = _budget(setup)
     all_kept = torch.ones(space.num_units, dtype=torch.bool)
     rows, used = _train(space, config, setup, all_kept, budget // 2, None, "dense")
     layer = layer_of_units(space)
     if criterion == "l1":
         scores = weight_l1_norms(space)
-    else:
+    else:  # "random"
         scores = torch.rand(space.num_units, generator=torch.Generator().manual_seed(config.seed))
     per_layer = config.l1_per_layer and criterion == "l1"
 
@@ -209,11 +212,3 @@ def run_fixed_random(space: PruningSpace, config: Config, setup: RunSetup) -> Pr
     rows, _ = _train(space, config, setup, state, _budget(setup), None, "fixed")
     return PrunedRun(state, rows)
 
-
-def run_baseline(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
-    """Dispatch on `config.method` (anything but 'edropout')."""
-    if config.method == "dropnet":
-        return run_dropnet(space, config, setup)
-    if config.method == "fixed_random":
-        return run_fixed_random(space, config, setup)
-    return run_ranked(space, config, setup, criterion=config.method)

@@ -48,7 +48,7 @@ from ..training.run_setup import PrunedRun, RunSetup
 from .pruners import _budget, _train, keep_top
 from .unit_scores import layer_of_units
 
-METHODS = ("tp_group_norm", "tp_magnitude", "tp_taylor")
+ITERATIVE_IMPORTANCES = ("magnitude", "taylor")  # run_iterative's Torch-Pruning importances
 # GroupNormPruner's own default, and what Torch-Pruning's CIFAR ResNet-56 group-sparsity benchmark
 # passes (benchmarks/scripts/prune/cifar/global_group_gsl.sh: --reg 1e-4)
 GROUP_NORM_REG = 1e-4
@@ -189,12 +189,15 @@ def run_group_norm(space: PruningSpace, config: Config, setup: RunSetup, reg: fl
     return PrunedRun(state, rows + fine_tune)
 
 
-def run_iterative(space: PruningSpace, config: Config, setup: RunSetup, rounds: int = ROUNDS) -> PrunedRun:
-    """Dense training, then `rounds` rounds of pruning by Torch-Pruning's magnitude or Taylor
-    importance and fine-tuning; the last round lands on the target and fine-tunes for half the budget."""
-    taylor = config.method == "tp_taylor"
-    importance = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=2)
-    pruner = make_pruner(space, importance)
+def run_iterative(space: PruningSpace, config: Config, setup: RunSetup, importance: str,
+                  rounds: int = ROUNDS) -> PrunedRun:
+    """Dense training, then `rounds` rounds of pruning by Torch-Pruning's `importance` ('magnitude' or
+    'taylor') and fine-tuning; the last round lands on the target and fine-tunes for half the budget."""
+    if importance not in ITERATIVE_IMPORTANCES:
+        raise ValueError(f"iterative importance must be one of {', '.join(ITERATIVE_IMPORTANCES)}, got {importance!r}")
+    taylor = importance == "taylor"
+    scorer = tp.importance.GroupTaylorImportance() if taylor else tp.importance.GroupMagnitudeImportance(p=2)
+    pruner = make_pruner(space, scorer)
     budget = _budget(setup)
     state = torch.ones(space.num_units, dtype=torch.bool)
     rows, used = _train(space, config, setup, state, budget // 4, None, "dense")
@@ -219,15 +222,6 @@ def run_iterative(space: PruningSpace, config: Config, setup: RunSetup, rounds: 
 def _taylor_batches(setup: RunSetup) -> int:
     cap = setup.config.max_steps_per_epoch
     return min(TAYLOR_BATCHES, cap) if cap else TAYLOR_BATCHES
-
-
-def run_torch_pruning(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
-    """Dispatch on `config.method`, one of METHODS."""
-    if config.method == "tp_group_norm":
-        return run_group_norm(space, config, setup)
-    if config.method in ("tp_magnitude", "tp_taylor"):
-        return run_iterative(space, config, setup)
-    raise ValueError(f"not a Torch-Pruning method: {config.method!r} (one of {', '.join(METHODS)})")
 
 
 def _say(config: Config, message: str) -> None:

@@ -7,7 +7,9 @@ image they do not know fails here, saying what to add.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -44,12 +46,9 @@ GPU_OF = {
     "nvidia-tesla-v100": "V100", "nvidia-tesla-t4": "T4", "nvidia-tesla-a100": "A100", "nvidia-a100-80gb": "A100",
     "nvidia-l4": "L4", "nvidia-h100-80gb": "H100",
 }
-# The driver branch of VM images whose name does not say it. ASSUMED from AWS's DLAMI release notes: the
-# Base OSS Nvidia Driver GPU AMI has shipped branch 580 since late 2025 and 595 in 2026 ("latest" moves
-# forward only). A GCP Deep Learning VM family names its branch (...-nvidia-580) and needs no entry.
-IMAGE_DRIVER_BRANCH = {
-    "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id": 580,
-}
+# A GPU node on a VM image whose name does not say its driver branch (AWS's DLAMI "latest") must check
+# the branch in its initialization_commands with this query; the test runs that check.
+DRIVER_QUERY = "nvidia-smi --query-gpu=driver_version"
 AWS_TYPE = re.compile(r"\b([a-z]+\d+[a-z]*(?:-[a-z0-9]+)?)\.(?:\d*x?large|metal)\b")  # p4d.24xlarge -> p4d
 GCP_TYPE = re.compile(r"\b((?:a\d|g\d)-(?:highgpu|megagpu|ultragpu|standard))-\d+g?\b")  # a2-highgpu-8g -> a2-highgpu
 
@@ -92,24 +91,41 @@ def named_gpu_types() -> dict[str, str]:
     return found
 
 
-def vm_images() -> dict[str, str]:
-    """{image: file} for every VM image of clusters/*.yaml (AWS ImageId, GCP sourceImage)."""
-    images = {}
-
-    def walk(node, where):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("ImageId", "sourceImage") and isinstance(value, str):
-                    images[value] = where
-                walk(value, where)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item, where)
-
+def node_types() -> list[tuple[str, str, dict]]:
+    """(file, name, node type) for every node type of the Ray cluster launcher files in clusters/."""
+    found = []
     for path in CLUSTER_FILES:
         for document in yaml.safe_load_all(path.read_text()):
-            walk(document, path.name)
+            if isinstance(document, dict):
+                found += [(path.name, name, node) for name, node in document.get("available_node_types", {}).items()]
+    return found
+
+
+def vm_images(node: dict) -> list[str]:
+    """Every VM image a node type boots (AWS ImageId, GCP sourceImage)."""
+    images = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            images.extend(v for k, v in value.items() if k in ("ImageId", "sourceImage") and isinstance(v, str))
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(node.get("node_config", {}))
     return images
+
+
+def driver_check(command: str, version: str | None, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`command` run by bash with a stand-in nvidia-smi that reports driver `version` (None: no driver)."""
+    fake = tmp_path / "nvidia-smi"
+    answer = f'echo "{version}"' if version else 'echo "NVIDIA-SMI has failed" >&2; exit 9'
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *--query-gpu=driver_version*) {answer};; *) exit 2;; esac\n')
+    fake.chmod(0o755)
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
 
 
 def runs_on(arches: list[str], capability: tuple[int, int]) -> bool:
@@ -159,16 +175,35 @@ def test_the_rule_refuses_what_the_build_lacks():
     assert not runs_on(["sm_90"], (10, 0))
 
 
-def test_every_vm_image_has_a_driver_for_the_pinned_cuda():
+def test_every_gpu_node_gets_a_driver_for_the_pinned_cuda(tmp_path):
+    """An image that names its driver branch is checked here; one that does not must refuse, at node
+    start, a driver older than the pinned CUDA needs: its check is run against stand-in drivers."""
     needed = MIN_DRIVER_BRANCH[cuda_major(torch_build())]
-    images = vm_images()
-    assert any("deeplearning" in image for image in images), images
-    for image, where in images.items():
-        named = re.search(r"nvidia-(\d+)$", image)
-        branch = int(named[1]) if named else IMAGE_DRIVER_BRANCH.get(image)
-        assert branch is not None, (f"{where}: the NVIDIA driver of {image} is unknown: use an image family that "
-                                    f"names it (e.g. ...-nvidia-{needed}) or add it to IMAGE_DRIVER_BRANCH")
-        assert branch >= needed, f"{where}: {image} has driver {branch}; CUDA {cuda_major(torch_build())} needs {needed}+"
+    nodes = node_types()
+    assert {"gpu_worker"} <= {name for _, name, _ in nodes} and all(vm_images(node) for _, _, node in nodes)
+    checked = 0
+    for where, name, node in nodes:
+        for image in vm_images(node):
+            named = re.search(r"nvidia-(\d+)$", image)
+            if named:
+                assert int(named[1]) >= needed, f"{where}: {image} has driver {named[1]}; CUDA needs {needed}+"
+                continue
+            if not node.get("resources", {}).get("GPU"):
+                continue  # no GPU, no CUDA: the head of aws.yaml
+            checks = [c for c in node.get("initialization_commands", []) if DRIVER_QUERY in c]
+            assert checks, (f"{where}: {name} boots {image}, whose driver branch is unknown: use an image that "
+                            f"names it (e.g. ...-nvidia-{needed}) or check it in initialization_commands "
+                            f"({DRIVER_QUERY})")
+            (check,) = checks
+            old, new = driver_check(check, f"{needed - 5}.51.03", tmp_path), driver_check(check, f"{needed}.95.05",
+                                                                                           tmp_path)
+            missing = driver_check(check, None, tmp_path)
+            assert new.returncode == 0, f"{where}: {name}'s driver check refuses driver {needed}: {new.stderr}"
+            for refused in (old, missing):
+                assert refused.returncode != 0 and f"branch {needed} or newer" in refused.stderr, (
+                    f"{where}: {name}'s driver check lets an unusable driver through: {refused.stderr!r}")
+            checked += 1
+    assert checked >= 1, "aws.yaml's GPU workers boot the DLAMI's latest, which must be checked"
 
 
 def test_the_docs_name_the_images_python_for_ray_clients():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import asdict
 
 import pytest
@@ -79,15 +78,17 @@ def test_a_killed_shard_is_replaced_and_nothing_is_lost(one_shard):
     assert [r.best_energy for r in rows] == [r.best_energy for r in rows_1]
 
 
-def test_a_killed_learner_restarts_from_its_checkpoint_and_replays(one_shard, tmp_path):
-    """Kill the learner actor at a random step: Ray restarts it, the proxy loads the latest checkpoint's
-    state and replays the steps since; the run ends as the uninterrupted one, history included."""
+@pytest.mark.parametrize("step", [2, 5], ids=["before-the-first-checkpoint", "two-steps-after-one"])
+def test_a_killed_learner_restarts_from_its_checkpoint_and_replays(one_shard, tmp_path, step):
+    """Kill the learner actor after a given step (checkpoints every 3): Ray restarts it, the proxy loads
+    the latest checkpoint's state and replays the steps since; the run ends as the uninterrupted one,
+    history included. Fixed steps, so a failure reruns as it failed."""
     mask_1, rows_1, _ = one_shard
-    step = random.Random().randint(1, len(rows_1) - 1)
+    assert step < len(rows_1)
     mask, rows, engine = train(shards=2, kill_learner_at=step, checkpoint_dir=tmp_path, checkpoint_every=3)
-    assert engine.learner.recoveries >= 1, f"killed after step {step}"
-    assert torch.equal(mask, mask_1), f"killed after step {step}"
-    assert [asdict(r) for r in rows] == [asdict(r) for r in rows_1], f"killed after step {step}"
+    assert engine.learner.recoveries >= 1
+    assert torch.equal(mask, mask_1)
+    assert [asdict(r) for r in rows] == [asdict(r) for r in rows_1]
 
 
 def test_a_lost_learner_without_checkpoints_stops_the_run_clearly():

@@ -8,12 +8,11 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from PIL import Image
 
 from edropout_ray.data.streaming import StreamingLoader, convert_image_folder, load_streaming
-
-ray = pytest.importorskip("ray")
 
 CLASSES = ["cat", "dog", "emu"]
 PER_CLASS = {"train": 7, "val": 3}

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from edropout_ray.baselines.pruners import keep_top, select_to_drop
+from edropout_ray import choices
+from edropout_ray.baselines.pruners import keep_top, run_ranked, select_to_drop
+from edropout_ray.baselines.registry import BASELINES, run_baseline
+from edropout_ray.baselines.torch_pruning import run_iterative
+from edropout_ray.config import Config
+from edropout_ray.errors import ConfigError
 from edropout_ray.pruning.space import PruningSpace
 from edropout_ray.baselines.unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
@@ -103,8 +108,6 @@ def test_l1_norms_and_keep_top(known_space):
 @pytest.mark.parametrize("method", ["l1", "random", "dropnet"])
 def test_baselines_keep_the_parameters_asked_for_within_the_same_steps(method, monkeypatch):
     """What `compare` relies on: a baseline held to EDropout's parameters, trained for its steps."""
-    from edropout_ray.baselines.pruners import run_baseline
-    from edropout_ray.config import Config
     from edropout_ray.training.learner import Learner
     from edropout_ray.training.run_setup import prepare
     from edropout_ray.pruning.sizing import parameters_fraction
@@ -123,3 +126,19 @@ def test_baselines_keep_the_parameters_asked_for_within_the_same_steps(method, m
         assert budget - 8 <= len(steps) <= budget
     else:
         assert len(steps) == budget
+
+
+def test_the_registry_names_every_baseline_method_and_nothing_else():
+    """A method added to choices.METHODS without a function (or the reverse) fails here, not at run time."""
+    assert set(BASELINES) == set(choices.METHODS) - {"edropout"}
+
+
+def test_a_method_without_a_baseline_is_refused_by_name():
+    with pytest.raises(ConfigError, match="no baseline is named 'edropout'.*the baselines are dropnet"):
+        run_baseline(None, Config(method="edropout"), None)
+
+
+@pytest.mark.parametrize("run, bad", [(run_ranked, {"criterion": "dropnet"}), (run_iterative, {"importance": "l1"})])
+def test_a_ranking_the_pruners_do_not_know_is_refused_not_run_as_random(run, bad):
+    with pytest.raises(ValueError, match=f"must be one of .*got '{next(iter(bad.values()))}'"):
+        run(None, Config(), None, **bad)

@@ -1,4 +1,5 @@
-"""Output folders and checkpoints on pyarrow filesystems (what s3:// and gs:// URIs open), no cloud needed."""
+"""Output folders and checkpoints on pyarrow filesystems (what s3:// and gs:// URIs open): a local S3
+endpoint (moto's server, tests/conftest.py), no cloud needed."""
 
 from __future__ import annotations
 
@@ -16,31 +17,68 @@ from edropout_ray.errors import CheckpointError
 from edropout_ray.artifacts.storage import Folder, open_folder
 
 
-def in_memory_folder() -> tuple[pafs.FileSystem, Folder]:
-    filesystem = pafs._MockFileSystem()  # pyarrow's in-memory filesystem, as an object store would be used
-    return filesystem, Folder(filesystem, "bucket/runs/a", "mock://bucket/runs/a")
+class BreaksUploadsMidway:
+    """The bucket's real S3 filesystem, except that every upload stops halfway as when the connection drops;
+    the stream is still closed, which commits what was sent (pyarrow's output streams close on an error)."""
+
+    def __init__(self, filesystem: pafs.FileSystem):
+        self.filesystem = filesystem
+
+    def __getattr__(self, name: str):
+        return getattr(self.filesystem, name)
+
+    def open_output_stream(self, path: str, *args):
+        return _HalfThenReset(self.filesystem.open_output_stream(path, *args))
 
 
-def test_checkpoint_round_trip_on_an_in_memory_filesystem_leaves_no_partial_file():
-    filesystem, folder = in_memory_folder()
+class _HalfThenReset:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *error):
+        self.stream.close()
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data[:len(data) // 2])
+        raise ConnectionResetError("connection reset by peer, halfway through the upload")
+
+
+def test_checkpoint_round_trip_on_s3_leaves_no_partial_file(s3_bucket):
+    folder = open_folder(s3_bucket.uri("runs/a"))
     checkpoint.save_checkpoint(folder, {"step": 1, "weights": torch.arange(4.0)})
     checkpoint.save_checkpoint(folder, {"step": 2, "weights": torch.arange(5.0)})
-    loaded = checkpoint.load_checkpoint(folder)
+    loaded = checkpoint.load_checkpoint(open_folder(s3_bucket.uri("runs/a")))
     assert loaded["step"] == 2 and torch.equal(loaded["weights"], torch.arange(5.0))
-    names = [info.base_name for info in filesystem.get_file_info(pafs.FileSelector("bucket/runs/a"))]
-    assert names == ["checkpoint.pt"], "written under a temporary name, then moved into place"
+    assert s3_bucket.files("runs/a") == {"checkpoint.pt"}, "written under a temporary name, then moved into place"
 
 
-def test_corrupt_or_missing_checkpoint_on_a_filesystem_is_a_clear_error_and_left_alone():
-    filesystem, folder = in_memory_folder()
-    with pytest.raises(CheckpointError, match="no checkpoint at bucket/runs/a/checkpoint.pt"):
+def test_an_upload_broken_halfway_leaves_the_old_checkpoint_whole_on_s3(s3_bucket):
+    """The atomic write's claim on a real S3 endpoint: a reader sees the old file or the new one, never half."""
+    folder = open_folder(s3_bucket.uri("runs/a"))
+    checkpoint.save_checkpoint(folder, {"step": 1, "weights": torch.arange(4.0)})
+    breaking = Folder(BreaksUploadsMidway(folder.filesystem), folder.path, folder.location)
+    with pytest.raises(ConnectionResetError):
+        checkpoint.save_checkpoint(breaking, {"step": 2, "weights": torch.arange(1000.0)})
+    loaded = checkpoint.load_checkpoint(folder)
+    assert loaded["step"] == 1 and torch.equal(loaded["weights"], torch.arange(4.0))
+    halves = [s3_bucket.read(f"runs/a/{name}") for name in s3_bucket.files("runs/a") - {"checkpoint.pt"}]
+    assert halves and all(halves), "the broken upload landed half a file in the bucket, under another name"
+    checkpoint.save_checkpoint(folder, {"step": 3, "weights": torch.arange(2.0)})  # the next write replaces both
+    assert checkpoint.load_checkpoint(folder)["step"] == 3 and s3_bucket.files("runs/a") == {"checkpoint.pt"}
+
+
+def test_corrupt_or_missing_checkpoint_on_s3_is_a_clear_error_and_left_alone(s3_bucket):
+    folder = open_folder(s3_bucket.uri("runs/a"))
+    with pytest.raises(CheckpointError, match=f"no checkpoint at {s3_bucket.name}/runs/a/checkpoint.pt"):
         checkpoint.load_checkpoint(folder)
-    filesystem.create_dir("bucket/runs/a")
-    with filesystem.open_output_stream("bucket/runs/a/checkpoint.pt") as stream:
+    with s3_bucket.filesystem.open_output_stream(f"{s3_bucket.name}/runs/a/checkpoint.pt") as stream:
         stream.write(b"half a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         checkpoint.load_checkpoint(folder)
-    assert folder.read_bytes("checkpoint.pt") == b"half a checkpoint"
+    assert s3_bucket.read("runs/a/checkpoint.pt") == b"half a checkpoint"
 
 
 def test_unknown_output_uri_is_one_clear_line(capsys, tmp_path):
@@ -63,19 +101,18 @@ def test_a_folder_inside_a_uri_keeps_the_uri_options_after_its_path(tmp_path):
     assert str(local) == str(Path.cwd() / "relative/out/edropout/seed0"), "absolute: a Ray task finds it too"
 
 
-def test_tables_and_staged_files_land_on_the_filesystem_and_nothing_is_staged_after_an_error(tmp_path):
-    filesystem, folder = in_memory_folder()
+def test_tables_and_staged_files_land_in_the_bucket_and_nothing_is_staged_after_an_error(s3_bucket):
+    folder = open_folder(s3_bucket.uri("runs/a"))
     folder.write_table("rows.parquet", pa.table({"a": [1, 2]}))
-    with filesystem.open_input_file("bucket/runs/a/rows.parquet") as handle:
-        assert pq.read_table(handle).column("a").to_pylist() == [1, 2]
+    assert pq.read_table(pa.BufferReader(s3_bucket.read("runs/a/rows.parquet"))).column("a").to_pylist() == [1, 2]
     with folder.staged() as local:
         (local / "best").mkdir()
         (local / "best" / "report.json").write_text("{}")
-    assert folder.read_text("best/report.json") == "{}"
+    assert s3_bucket.read("runs/a/best/report.json") == b"{}"
     with pytest.raises(RuntimeError), folder.staged() as local:
         (local / "half.png").write_bytes(b"x")
         raise RuntimeError("the plot failed")
-    assert not folder.exists("half.png")
+    assert s3_bucket.files("runs/a") == {"rows.parquet", "best/report.json"}
 
 
 @pytest.mark.slow
