@@ -165,3 +165,13 @@ def test_choice_lists_are_declared_once():
     assert scoring_options.SCORE_PRECISIONS is choices.SCORE_PRECISIONS
     assert energies.BUILTIN_ENERGIES is choices.ENERGIES
     assert pruners.STRATEGIES is choices.DROPNET_STRATEGIES
+
+
+def test_shipped_run_configs_set_no_converge_after_that_cannot_act():
+    from pathlib import Path
+
+    jobs = Path(__file__).parents[2] / "jobs"
+    configs = [p for p in sorted(jobs.rglob("*.yaml")) if not p.name.startswith(("sweep", "runtime_env"))]
+    assert configs
+    idle = {p.name: why for p in configs if (why := load_config(p).idle_converge_after())}
+    assert not idle, idle
