@@ -34,16 +34,21 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="EDropout against DropNet, random and L1 pruning, over seeds")
     compare.add_argument("--config", help="YAML file of config keys (the budget every method gets)")
-    compare.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
-    compare.add_argument("--output", required=True, help=f"{OUTPUT_HELP}, for every run's folder, runs.parquet, "
+    compare.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="override config keys, as train's --set")
+    compare.add_argument("--output", help=f"{OUTPUT_HELP}, for every run's folder, runs.parquet, "
                          "summary.parquet, comparison.md/.png")
+    compare.add_argument("--resume", metavar="DIR", help="continue the comparison in DIR with its saved config, "
+                         "seeds and methods: runs that finished are reused, the others run")
     compare.add_argument("--shared-mount", action="store_true", help=SHARED_HELP)
-    compare.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    compare.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
     compare.add_argument("--methods", help="comma-separated methods besides edropout (default: all)")
 
     sweep = commands.add_parser("sweep", help="Ray Tune sweep over config keys (grid, random, ASHA, PBT)")
     sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (keys: docs/config.md)")
+    sweep.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="override keys of the sweep file's base (not swept ones); values are read as YAML")
     sweep.add_argument("--output", help=f"{OUTPUT_HELP}, for the sweep: Tune's experiment, trials.parquet, "
                        "pareto.png, best/")
     sweep.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR (folder or URI)")
@@ -70,19 +75,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .artifacts.checkpoint import load_saved_config
     from .config import load_config, parse_override
-    from .artifacts.report import format_table
-    from .train import run
 
     if bool(args.output) == bool(args.resume):
         raise ConfigError("give --output DIR for a new run, or --resume DIR to continue one (not both)")
     folder = args.resume or args.output
     if args.resume:  # the saved config, with what the user gave on top: any real change is refused
+        from .artifacts.checkpoint import load_saved_config
+
         base = load_config(args.config) if args.config else load_saved_config(folder)
         given = base.replace(**dict(parse_override(text) for text in args.overrides))
     else:
         given = load_config(args.config, args.overrides)
+    from .artifacts.report import format_table  # torch: only once the config is valid
+    from .train import run
+
     report = run(given, folder, progress=not args.quiet, resume=bool(args.resume), address=args.address,
                  shared_mount=args.shared_mount)
     print(format_table(report))
@@ -90,32 +97,51 @@ def _train(args) -> None:
 
 
 def _compare(args) -> None:
-    from .artifacts.storage import open_folder
-    from .compare import compare
     from .config import load_config
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    methods = args.methods.split(",") if args.methods else None
-    compare(load_config(args.config, args.overrides), args.output, seeds, address=args.address, methods=methods,
-            shared_mount=args.shared_mount)
-    print(open_folder(args.output).read_text("comparison.md"))
-    print(f"written to {args.output}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
+    if bool(args.output) == bool(args.resume):
+        raise ConfigError("give --output DIR for a new comparison, or --resume DIR to continue one (not both)")
+    if args.resume:
+        given = [name for name, value in (("--config", args.config), ("--set", args.overrides),
+                                          ("--seeds", args.seeds), ("--methods", args.methods)) if value]
+        if given:
+            raise ConfigError(f"--resume continues the comparison with the config, seeds and methods saved in "
+                              f"{args.resume}; drop {', '.join(given)}")
+        from .compare import load_saved_comparison
+
+        config, seeds, methods = load_saved_comparison(args.resume)
+    else:
+        try:
+            seeds = [int(s) for s in (args.seeds or "0,1,2").split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+        methods = args.methods.split(",") if args.methods else None
+        config = load_config(args.config, args.overrides)
+    from .artifacts.storage import open_folder  # Ray and torch: only once the config is valid
+    from .compare import compare
+
+    folder = args.resume or args.output
+    compare(config, folder, seeds, address=args.address, methods=methods, shared_mount=args.shared_mount,
+            resume=bool(args.resume))
+    print(open_folder(folder).read_text("comparison.md"))
+    print(f"written to {folder}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
 
 
 def _sweep(args) -> None:
-    from .sweep import load_saved_spec, load_sweep, run_sweep
+    from .sweep import load_saved_spec, load_sweep
 
     if bool(args.output) == bool(args.resume):
         raise ConfigError("give --config FILE --output DIR for a new sweep, or --resume DIR to continue one")
     if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError(f"--resume continues the sweep saved in {args.resume}; drop --config and --set")
         spec = load_saved_spec(args.resume)
     elif not args.config:
         raise ConfigError("a new sweep needs --config FILE")
     else:
-        spec = load_sweep(args.config)
+        spec = load_sweep(args.config, args.overrides)
+    from .sweep import run_sweep  # Ray Tune and torch: only once the sweep file is valid
+
     folder = args.resume or args.output
     rows = run_sweep(spec, folder, resume=bool(args.resume), address=args.address, shared_mount=args.shared_mount)
     for row in sorted(rows, key=lambda r: -r["objective"]):

@@ -3,11 +3,14 @@
 Every (method, seed) is one Ray task running the ordinary one-process `run` and holding the
 learner's resources (`learner_cpus`, `learner_gpus`), so the methods train in parallel as far as
 the cluster's CPUs and GPUs allow, and nothing trains in the driver. EDropout runs first for each seed; the baselines
-are then pruned to the fraction of parameters that seed's EDropout kept, so points line up.
+are then pruned to the fraction of parameters that seed's EDropout kept, so points line up. The comparison's
+config, seeds and methods are saved in its output (compare.json): `--resume` continues it there, reusing
+every run whose report was written and running the others.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import sys
@@ -33,6 +36,8 @@ BASELINES = {
     "tp_magnitude": {"method": "tp_magnitude"},
     "tp_taylor": {"method": "tp_taylor"},
 }
+COMPARE_FILE = "compare.json"  # the config, seeds and methods, for --resume
+REPORT_FILE = "report.json"  # a run's, written when it has finished
 METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_kept_fraction", "wall_seconds")
 
 
@@ -47,10 +52,11 @@ def _one_run(config_values: dict, folder: str) -> dict:
 
 
 def compare(config: Config, output: str | Path | Folder, seeds: list[int], address: str | None = None,
-            methods: list[str] | None = None, shared_mount: bool = False) -> list[dict]:
+            methods: list[str] | None = None, shared_mount: bool = False, resume: bool = False) -> list[dict]:
     """Run EDropout and every other method (or those in `methods`) for every seed; write runs.parquet,
     summary.parquet, comparison.md and .png into `output` (a folder or a pyarrow.fs URI), every run in
-    its own folder inside it (`<method>/seed<N>`)."""
+    its own folder inside it (`<method>/seed<N>`). With `resume` a run whose report is there is not run
+    again (its report is read); the tables then hold every run."""
     from .distributed.cluster import connect, require_reachable
     from .distributed.placement import learner_options
 
@@ -64,12 +70,19 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
     output = open_folder(output)
     connect(config.replace(shards=0), address)
     require_reachable(output, shared_mount)
+    if not resume:
+        output.write_text(COMPARE_FILE, json.dumps({"config": config.to_dict(), "seeds": seeds, "methods": methods},
+                                                   indent=2))
     task = ray.remote(_one_run).options(**learner_options(config))
     base = config.replace(shards=0, checkpoint_every=0, method="edropout").to_dict()
 
     def launch(name: str, seed: int, changes: dict):
+        folder = output.child(f"{name}/seed{seed}")
+        if resume and (report := _finished_report(folder)) is not None:
+            _progress(f"{name} seed {seed} finished earlier: its report in {folder} is reused")
+            return ray.put(report)  # ready at once, as a task that has ended
         values = base | {"seed": seed, "dense_baseline": base["dense_baseline"] and name == "edropout"} | changes
-        return task.remote(values, str(output.child(f"{name}/seed{seed}")))
+        return task.remote(values, str(folder))
 
     # a seed's baselines start as soon as its EDropout run ends (they need its size), so no CPU waits
     # for the other seeds' EDropout runs
@@ -98,6 +111,26 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
     with output.staged() as local:
         plot(rows, local / "comparison.png")
     return summary
+
+
+def _finished_report(folder: Folder) -> dict | None:
+    """The report of a run that ended (its dense baseline too), as `_one_run` returns it; None if it did not."""
+    if not folder.exists(REPORT_FILE):
+        return None
+    report = json.loads(folder.read_text(REPORT_FILE))
+    if "dense_error" in report:  # the run raised after writing it: run it again
+        return None
+    return report | {"units_kept_fraction": report["units_kept"] / report["units_total"]}
+
+
+def load_saved_comparison(output: str | Path | Folder) -> tuple[Config, list[int], list[str] | None]:
+    """The config, seeds and methods a comparison saved in its output (for --resume)."""
+    output = open_folder(output)
+    if not output.exists(COMPARE_FILE):
+        raise ConfigError(f"no comparison to resume in {output}: {output.file(COMPARE_FILE)} is missing: --resume "
+                          "continues the output of an earlier `edropout-ray compare`")
+    saved = json.loads(output.read_text(COMPARE_FILE))
+    return Config.from_dict(saved["config"]), saved["seeds"], saved["methods"]
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import logging
 import math
 import types
 import typing
@@ -16,6 +17,8 @@ import yaml
 from . import choices
 from .choices import EXPORT_FORMATS, did_you_mean, is_object_spec, is_timm_spec
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _CHOICES = {
     "method": choices.METHODS,
@@ -143,7 +146,7 @@ class Config:
         self.data_dir = absolute_location(self.data_dir)
 
     def _check_types(self) -> None:
-        hints = typing.get_type_hints(Config)
+        hints = _type_hints()
         for f in fields(self):
             value = getattr(self, f.name)
             expected = hints[f.name]
@@ -206,8 +209,9 @@ class Config:
             need(getattr(self, name) > 0, f"{name} must be a number of seconds > 0, got {getattr(self, name)}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         for name, allowed in _CHOICES.items():
-            need(getattr(self, name) in allowed, f"{name} must be one of {', '.join(allowed)}, got "
-                 f"{getattr(self, name)!r}{did_you_mean(getattr(self, name), allowed)}")
+            if getattr(self, name) not in allowed:  # the closest name is looked for only then: a sweep loads many
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                                  f"{did_you_mean(getattr(self, name), allowed)}")
         wrong = [f for f in self.export_formats if f not in EXPORT_FORMATS]
         need(bool(self.export_formats) and not wrong,
              f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}"
@@ -256,6 +260,16 @@ class Config:
             return int(self.converge_after * self.epochs)
         return self.converge_after
 
+    def idle_converge_after(self) -> str | None:
+        """Why `converge_after` cannot act in this run (the freeze_by deadline comes first), or None."""
+        epoch, deadline = self.converge_epoch, None if self.freeze_by is None else self.freeze_by * self.epochs
+        if self.method != "edropout" or not self.search or epoch is None or deadline is None or epoch < deadline:
+            return None
+        return (f"converge_after {self.converge_after} has no effect: its epoch {epoch} comes at or after the "
+                f"freeze_by deadline ({self.freeze_by} of {self.epochs} epochs: epoch {deadline:g}), which freezes "
+                f"the population first; set freeze_by: null to freeze on convergence only, or converge_after < "
+                f"{deadline:g}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -281,6 +295,12 @@ def _converge_after(value: int | float | None) -> int | float | None:
         return value
     raise ConfigError(f"converge_after must be a whole epoch index (0, 1, 15, ...), a fraction of the epochs in "
                       f"(0, 1) such as 0.5, or null (never freeze), got {value}")
+
+
+@functools.cache
+def _type_hints() -> dict:
+    """The declared type of every key, read once (a sweep checks thousands of trial configs)."""
+    return typing.get_type_hints(Config)
 
 
 @functools.cache
@@ -366,4 +386,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for text in overrides:
         key, value = parse_override(text)
         values[key] = value
-    return Config.from_dict(values)
+    config = Config.from_dict(values)
+    if (idle := config.idle_converge_after()) is not None:
+        log.warning(idle)
+    return config

@@ -80,12 +80,26 @@ def run(config: Config | None, output_dir: str | Path | Folder, progress: bool =
             return _run_as_task(config, output_dir, progress, resume)
     # read before anything is written: a bad checkpoint is left alone
     payload = checkpoint.load_checkpoint(storage) if resume else None
-    with storage.staged() as output:
-        report = _run(config, storage, output, payload, progress, address)
+    new_folder = storage.is_local and not Path(storage.path).exists()
+    try:
+        with storage.staged() as output:
+            report = _run(config, storage, output, payload, progress, address)
+    except BaseException:
+        if new_folder:
+            _remove_if_empty(Path(storage.path))
+        raise
     if "dense_error" in report:
         raise DenseBaselineError(f"{report['dense_error']}. The pruned run finished and its artifacts are in "
                                  f"{output_dir}; set dense_baseline: false to run without the dense baseline")
     return report
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A run refused while it was set up (a model that cannot be built, no data) leaves no empty --output behind."""
+    try:
+        folder.rmdir()  # only an empty folder: anything the run wrote is kept
+    except OSError:
+        pass
 
 
 def _on_worker(config_values: dict | None, output_dir: str, progress: bool, resume: bool) -> dict:

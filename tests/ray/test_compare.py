@@ -64,3 +64,32 @@ def test_every_methods_exported_model_matches_its_masked_model(comparison):
             report = json.loads((output / method / f"seed{seed}" / "report.json").read_text())
             assert report["export_max_abs_diff"] < 1e-4, (method, seed)
             assert report["params_kept"] < report["params_total"]
+
+
+@pytest.mark.slow
+def test_resume_reuses_finished_runs_and_runs_the_others(tmp_path):
+    """`compare --resume DIR`: a (method, seed) whose report is written is not run again (its files untouched,
+    the log says it is reused); one without runs; the tables hold every run."""
+    output = tmp_path / "compare"
+    quick = ["--set", "epochs=1", "max_steps_per_epoch=2", "latency_batches=[]", "report_extra_masks=false"]
+    first = subprocess.run([sys.executable, "-m", "edropout_ray", "compare", "--output", str(output), "--seeds", "0,1",
+                            "--methods", "random", *quick], capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = output / "edropout" / "seed0" / "report.json"
+    before = (kept.stat().st_mtime_ns, kept.read_bytes())
+    lost = output / "random" / "seed1"
+    for path in sorted(lost.rglob("*"), reverse=True):  # as if the comparison stopped before this run ended
+        path.unlink() if path.is_file() else path.rmdir()
+    lost.rmdir()
+    again = subprocess.run([sys.executable, "-m", "edropout_ray", "compare", "--resume", str(output)],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, seed in (("edropout", 0), ("edropout", 1), ("random", 0)):
+        assert f"{name} seed {seed} finished earlier" in again.stderr
+    assert "random seed 1 finished earlier" not in again.stderr
+    assert (kept.stat().st_mtime_ns, kept.read_bytes()) == before
+    assert (lost / "report.json").exists()
+    runs = pq.read_table(output / "runs.parquet").to_pylist()
+    assert sorted((r["method"], r["seed"]) for r in runs) == [("edropout", 0), ("edropout", 1), ("random", 0),
+                                                              ("random", 1)]
+    assert "| random |" in again.stdout

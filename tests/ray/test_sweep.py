@@ -144,3 +144,18 @@ def test_trial_reserves_learner_and_shards_together():
     assert len(bundles) == 5 and sum(b.get("GPU", 0) for b in bundles) == 4
     assert trial_resources(Config()).bundles == [{"CPU": 1}]
     assert trial_resources(Config(learner_gpus=1)).bundles == [{"CPU": 1, "GPU": 1}], "shards: 0: the GPU it uses"
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_exits_non_zero_naming_the_error(tmp_path):
+    """--set reaches every trial (here a model module that does not exist: valid by its syntax, so the
+    trials start and fail); with no trial left the sweep says why and exits 1, not 0."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("base: {epochs: 1, max_steps_per_epoch: 2}\nsearch:\n  population_size: {grid: [4, 6]}\n"
+                    "max_failures: 0\n")
+    done = subprocess.run(sweep_command(path, tmp_path / "out") + ["--set", "model=no_such_module:build"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("edropout-ray: error: all 2 trials of the sweep failed; the first: ") and \
+        "no_such_module" in last, last

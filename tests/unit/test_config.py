@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+
 import pytest
 
 from edropout_ray.config import Config, load_config, parse_override
@@ -95,12 +99,41 @@ def test_names_are_checked_at_load_with_the_closest_valid_one(override, words):
     assert words in str(error.value)
 
 
-@pytest.mark.parametrize("override", ["energy=cross_entropy", "energy=my_package.energies:flat", "model=resnet18",
-                                      "model=timm:convnext_atto", "model=timm:resnet50.a1_in1k",
-                                      "model=some.module:build", "dataset=parquet", "dataset=imagefolder"])
-def test_names_checked_by_syntax_need_nothing_imported(override):
-    """Neither timm nor the user's module is imported to load the config: only the run builds the model."""
-    load_config(None, [override])
+def test_names_checked_by_syntax_need_nothing_imported():
+    """Neither timm (installed here) nor the user's module, nor torch, is imported to load the config: only the
+    run builds the model. In a fresh interpreter, as this one may have imported them for other tests."""
+    overrides = ["energy=cross_entropy", "energy=my_package.energies:flat", "model=timm:convnext_atto",
+                 "model=timm:resnet50.a1_in1k", "model=some.module:build", "dataset=parquet", "dataset=imagefolder"]
+    script = ("import sys; from edropout_ray.config import load_config\n"
+              f"for override in {overrides!r}: load_config(None, [override])\n"
+              "print(sorted(m for m in ('timm', 'my_package', 'some', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"imported while loading configs: {done.stdout}"
+
+
+def test_a_torchvision_name_is_checked_against_torchvision():
+    assert load_config(None, ["model=resnet18"]).model == "resnet18"
+
+
+@pytest.mark.parametrize("settings, idle", [
+    (["epochs=30", "converge_after=15"], "converge_after 15 has no effect: its epoch 15 comes at or after the "
+                                         "freeze_by deadline (0.3 of 30 epochs: epoch 9)"),
+    (["epochs=90", "converge_after=0.5"], "its epoch 45 comes at or after the freeze_by deadline (0.3 of 90 epochs"),
+    (["epochs=30", "converge_after=8"], None),
+    (["epochs=30", "converge_after=15", "freeze_by=null"], None),
+    (["epochs=30", "converge_after=15", "freeze_by=0.6"], None),
+    (["epochs=30", "converge_after=15", "method=l1"], None),
+])
+def test_converge_after_that_the_freeze_by_deadline_precedes_is_warned(settings, idle, caplog):
+    """The deadline is checked first at every step: a converge_after at or after it never acts."""
+    with caplog.at_level(logging.WARNING, logger="edropout_ray.config"):
+        load_config(None, settings)
+    warned = [r.getMessage() for r in caplog.records]
+    if idle is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and idle in warned[0] and "set freeze_by: null" in warned[0]
 
 
 def test_unknown_key_suggests_the_close_one():
@@ -132,3 +165,13 @@ def test_choice_lists_are_declared_once():
     assert scoring_options.SCORE_PRECISIONS is choices.SCORE_PRECISIONS
     assert energies.BUILTIN_ENERGIES is choices.ENERGIES
     assert pruners.STRATEGIES is choices.DROPNET_STRATEGIES
+
+
+def test_shipped_run_configs_set_no_converge_after_that_cannot_act():
+    from pathlib import Path
+
+    jobs = Path(__file__).parents[2] / "jobs"
+    configs = [p for p in sorted(jobs.rglob("*.yaml")) if not p.name.startswith(("sweep", "runtime_env"))]
+    assert configs
+    idle = {p.name: why for p in configs if (why := load_config(p).idle_converge_after())}
+    assert not idle, idle

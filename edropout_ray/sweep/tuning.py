@@ -11,29 +11,27 @@ node lost) is restarted by Tune from its last checkpoint, up to `max_failures` t
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from ray import tune
 
-from .artifacts import checkpoint
-from .artifacts.storage import Folder, open_folder
-from .config import Config, absolute_location
-from .distributed.placement import driver_without_cpus, learner_bundle, learner_options, on_reserved_device
-from .errors import ConfigError
-from .artifacts.plotting import png_figure
+from ..artifacts import checkpoint
+from ..artifacts.plotting import png_figure
+from ..artifacts.storage import Folder, open_folder
+from ..config import Config
+from ..distributed.placement import driver_without_cpus, learner_bundle, learner_options, on_reserved_device
+from ..errors import ConfigError, EDropoutError
+from .spec import SPEC_FILE, SweepSpec
 
-SCHEDULERS = ("fifo", "asha", "pbt")
-# keys PBT may change mid-run: they steer selection and the schedule, not the shapes of the run
-MUTABLE_KEYS = ("temperature", "mutation_factor", "crossover_rate", "converge_after", "converge_patience", "kappa",
-                "sync_every")
+log = logging.getLogger(__name__)
+
 DOMAINS = {
     "grid": lambda v: tune.grid_search(list(v)),
     "choice": lambda v: tune.choice(list(v)),
@@ -43,91 +41,26 @@ DOMAINS = {
 }
 METRIC = "objective"
 TUNE_FOLDER = "tune"  # Tune's experiment, inside the sweep's output
-SPEC_FILE = "sweep.json"
 
 
 class SweepInterrupted(KeyboardInterrupt):
     """Tune stopped early (Ctrl-C); its state is saved for --resume."""
 
 
-@dataclass
-class SweepSpec:
-    """A sweep file: fixed `base` keys, a `search` space, and how to explore it."""
+class SweepFailed(EDropoutError):
+    """Every trial of the sweep failed: there is no result to report (exit code 1, not a refused input)."""
 
-    base: dict = field(default_factory=dict)
-    search: dict = field(default_factory=dict)
-    num_samples: int = 1
-    scheduler: str = "fifo"
-    params_weight: float = 0.0  # objective = val top-1 - params_weight * (% of parameters kept)
-    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    perturbation_interval: int = 2  # PBT: epochs between exploit/explore
-    mutations: dict = field(default_factory=dict)  # PBT: key -> domain, keys from MUTABLE_KEYS
-    max_concurrent: int = 0  # 0 = as many as the cluster fits
-    max_failures: int = 2  # restarts of a failed trial from its last checkpoint (Tune's FailureConfig)
-
-    def __post_init__(self) -> None:
-        self._resolve_paths()
-        keys = set(Config.__dataclass_fields__)
-        for section in ("search", "mutations"):
-            for key, domain in getattr(self, section).items():
-                if key not in keys:
-                    raise ConfigError(f"sweep {section}: {key!r} is not a config key")
-                _domain(key, domain)
-        Config.from_dict({**self.base, **{k: _example(v) for k, v in self.search.items()}})  # validates types
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"sweep scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if self.scheduler == "pbt":
-            if not self.mutations:
-                raise ConfigError("scheduler pbt needs `mutations`: keys among " + ", ".join(MUTABLE_KEYS))
-            fixed = [k for k in self.mutations if k not in MUTABLE_KEYS]
-            if fixed:
-                raise ConfigError(f"PBT cannot change {', '.join(fixed)} mid-run (they fix the run's shapes); "
-                                  f"mutable keys: {', '.join(MUTABLE_KEYS)}")
-        if self.num_samples < 1:
-            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
-        if not isinstance(self.max_failures, int) or self.max_failures < 0:
-            raise ConfigError(f"max_failures (restarts of a failed trial) must be an integer >= 0, got "
-                              f"{self.max_failures!r}")
-
-    def _resolve_paths(self) -> None:
-        """Relative paths against the directory the sweep started in: trials run in folders of their own."""
-        if isinstance(self.base.get("data_dir"), str):
-            self.base = {**self.base, "data_dir": absolute_location(self.base["data_dir"])}
-        domain = self.search.get("data_dir")
-        if isinstance(domain, dict) and len(domain) == 1 and isinstance(next(iter(domain.values())), list):
-            kind, values = next(iter(domain.items()))
-            self.search = {**self.search, "data_dir": {kind: [absolute_location(v) if isinstance(v, str) else v
-                                                              for v in values]}}
-
-    def param_space(self) -> dict:
-        return {**self.base, **{key: _domain(key, value) for key, value in self.search.items()}}
+    exit_code = 1
 
 
-def _domain(key: str, spec):
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DOMAINS:
-        raise ConfigError(f"search space of {key!r} must be one of {{{', '.join(DOMAINS)}: values}}, got {spec!r}")
+def domain(spec: dict):
+    """A sweep file's domain (checked by spec.check_domain) as Tune's."""
     kind, values = next(iter(spec.items()))
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"search space of {key!r}: {kind} needs a non-empty list")
     return DOMAINS[kind](values)
 
 
-def _example(spec: dict):
-    kind, values = next(iter(spec.items()))
-    return values[0]
-
-
-def load_sweep(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"sweep file {path} must be a mapping")
-    unknown = set(values) - set(SweepSpec.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown sweep keys {sorted(unknown)}; known: {sorted(SweepSpec.__dataclass_fields__)}")
-    return SweepSpec(**values)
+def param_space(spec: SweepSpec) -> dict:
+    return {**spec.base, **{key: domain(value) for key, value in spec.search.items()}}
 
 
 # ---- one trial ---------------------------------------------------------------------------------
@@ -143,9 +76,9 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
 
 def train_trial(values: dict) -> None:
     """Tune's function trainable: one EDropout run, reporting and checkpointing every epoch."""
-    from .training.loop import TrainLoop
-    from .training.run_setup import prepare
-    from .train import make_engine
+    from ..train import make_engine
+    from ..training.loop import TrainLoop
+    from ..training.run_setup import prepare
 
     values = dict(values)
     params_weight = values.pop("_params_weight", 0.0)
@@ -195,7 +128,7 @@ def _scheduler(spec: SweepSpec):
         return ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=spec.grace_period)
     if spec.scheduler == "pbt":
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=spec.perturbation_interval,
-                                       hyperparam_mutations={k: _domain(k, v) for k, v in spec.mutations.items()})
+                                       hyperparam_mutations={k: domain(v) for k, v in spec.mutations.items()})
     return FIFOScheduler()
 
 
@@ -206,12 +139,12 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
     `output` is a local folder or a pyarrow.fs URI (s3://bucket/sweep?endpoint_override=...): Tune keeps
     its experiment there through the same filesystem, so trials on any node checkpoint into it.
     """
-    from .distributed.cluster import connect, require_reachable
+    from ..distributed.cluster import connect, require_reachable
 
     output = open_folder(output)
-    probe = Config.from_dict({**spec.base, **{k: _example(v) for k, v in spec.search.items()}})
+    probe = spec.first_trial()
     if "onnx" in probe.export_formats:
-        from .artifacts.onnx_model import require_onnx
+        from ..artifacts.onnx_model import require_onnx
 
         require_onnx()  # the best trial's export needs it: fail before the trials run, not after
     connect(Config(), address)
@@ -231,7 +164,7 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
         output.write_text(SPEC_FILE, json.dumps(spec.__dict__, indent=2, default=str))
         tuner = tune.Tuner(
             trainable,
-            param_space={**spec.param_space(), "_params_weight": spec.params_weight},
+            param_space={**param_space(spec), "_params_weight": spec.params_weight},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=_scheduler(spec),
                                         num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent or None),
             # PBT exploits copy another trial's checkpoint, which must still exist then: keep them all
@@ -244,6 +177,7 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
         raise SweepInterrupted(f"the sweep was interrupted and its state saved; continue it with: "
                                f"edropout-ray sweep --resume {output}")
     results = tuner.get_results()
+    _require_a_finished_trial(results)
     rows = collect(results, list(spec.search) + list(spec.mutations))
     best = results.get_best_result(metric=METRIC, mode="max")
     with output.staged() as local:
@@ -253,7 +187,7 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
     if driver_without_cpus():  # a cloud cluster's head: the test-set pass and the export run on a worker
         import ray
 
-        from .distributed.liveness import Liveness
+        from ..distributed.liveness import Liveness
 
         config = Config.from_dict(values)
         task = ray.remote(_export_best_into).options(name="export the best trial", **learner_options(config))
@@ -264,17 +198,22 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
     return rows
 
 
+def _require_a_finished_trial(results) -> None:
+    """A sweep whose trials all failed has no result: stop with the first trial's error (a warning when some
+    failed), rather than a table of nothing and exit code 0."""
+    failed = [result for result in results if result.error is not None]
+    if not failed:
+        return
+    last_line = str(failed[0].error).strip().splitlines()[-1] if str(failed[0].error).strip() else ""
+    where = f"each trial's error.txt is in its folder under {Path(failed[0].path).parent}"
+    if len(failed) == len(results):
+        raise SweepFailed(f"all {len(results)} trials of the sweep failed; the first: {last_line} ({where})")
+    log.warning("%d of %d trials failed; the first: %s (%s)", len(failed), len(results), last_line, where)
+
+
 def _export_best_into(values: dict, saved, output: str | Folder) -> None:
     with open_folder(output).staged() as local:
         export_best(values, saved, local / "best")
-
-
-def load_saved_spec(output: str | Path | Folder) -> SweepSpec:
-    """The spec a sweep saved in its output (for --resume)."""
-    output = open_folder(output)
-    if not output.exists(SPEC_FILE):
-        raise ConfigError(f"no sweep to resume in {output}: {output.file(SPEC_FILE)} is missing")
-    return SweepSpec(**json.loads(output.read_text(SPEC_FILE)))
 
 
 def _fit_was_interrupted(tuner) -> bool:
@@ -346,8 +285,8 @@ def export_best(values: dict, saved_checkpoint, folder: Path) -> dict:
     and exported model to `folder`."""
     import torch
 
-    from .artifacts.report import build_report, write_report
-    from .training.run_setup import prepare
+    from ..artifacts.report import build_report, write_report
+    from ..training.run_setup import prepare
 
     config = Config.from_dict(values)
     setup = prepare(on_reserved_device(config))  # a task holding no GPU evaluates on the CPU
