@@ -80,7 +80,8 @@ def _write_exports(space: PruningSpace, state: torch.Tensor, pruned_model: torch
                   "export_max_abs_diff": float((runners["pt2"](x) - masked).abs().max())}
     if "onnx" in formats:
         runners["onnx"] = OnnxRunner(save_onnx(pruned_model, space.example_inputs, output))
-        found |= {"exported_onnx": ONNX_FILE, "onnx_max_abs_diff": float((runners["onnx"](x) - masked.cpu()).abs().max())}
+        found |= {"exported_onnx": ONNX_FILE,
+                  "onnx_max_abs_diff": float((runners["onnx"](x) - masked.cpu()).abs().max())}
     timed = time_interleaved({kind: (lambda run=run: run(few)) for kind, run in runners.items()}, device,
                              repeats=10, budget_s=10.0)
     spreads = {kind: median_and_iqr(samples) for kind, samples in timed["samples_ms"].items()}
@@ -136,8 +137,8 @@ def _latency_lines(latency: dict) -> list[str]:
     lines = []
     for key in sorted((k for k in latency if k.startswith("batch_")), key=lambda k: int(k[6:])):
         row = latency[key]
-        dense, pruned = (f"{row[f'{name}_ms']:.2f} ms (IQR {row[f'{name}_ms_iqr'][0]:.2f}-{row[f'{name}_ms_iqr'][1]:.2f})"
-                         for name in ("dense", "pruned"))
+        dense, pruned = (f"{row[f'{name}_ms']:.2f} ms (IQR {low:.2f}-{high:.2f})"
+                         for name in ("dense", "pruned") for low, high in [row[f"{name}_ms_iqr"]])
         lines.append(f"latency at batch {row['batch']} on {latency['device']} ({row['threads']} threads, "
                      f"{row['repeats']} repeats): dense {dense}, pruned {pruned}; {describe_speedup(row)}; "
                      f"MACs {latency['macs_reduction']:.2f}x fewer")

@@ -42,8 +42,9 @@ def test_threads_are_fixed_while_timing_and_restored_afterwards_even_on_failure(
     seen: list[tuple[int, bool]] = []
     try:
         torch.set_num_threads(2)
-        timed = time_interleaved({"f": lambda: seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled()))},
-                                 repeats=MIN_REPEATS, threads=1)
+        def record():
+            seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        timed = time_interleaved({"f": record}, repeats=MIN_REPEATS, threads=1)
         assert timed["threads"] == 1 and set(seen) == {(1, True)}, "one thread, no autograd"
         assert torch.get_num_threads() == 2
 
