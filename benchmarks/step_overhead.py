@@ -32,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 from edropout_ray.config import Config
 from edropout_ray.training.step import EDropoutEngine
 from edropout_ray.artifacts.pruned_model import count_macs
-from edropout_ray.artifacts.latency import compare_latency
+from edropout_ray.artifacts.latency import compare_latency, describe_speedup
 from edropout_ray.pruning.scoring_options import ScoringOptions
 from edropout_ray.pruning.space import PruningSpace
 
@@ -358,7 +358,7 @@ def report(args, r: dict, d: dict, memory: dict) -> None:
     for key in sorted((k for k in latency if k.startswith("batch_")), key=lambda k: int(k[6:])):
         t = latency[key]
         print(f"  batch {key[6:]:>4s}: dense {t['dense_ms']:8.2f} ms ({t['dense_layout']})   exported "
-              f"{t['pruned_ms']:8.2f} ms ({t['pruned_layout']})   speed-up {t['speedup']:5.2f}x = "
+              f"{t['pruned_ms']:8.2f} ms ({t['pruned_layout']})   {describe_speedup(t)} = "
               f"{t['speedup'] / reduction:.2f} of the MACs reduction")
     if memory:
         how = "CUDA max_memory_allocated" if torch.cuda.is_available() else "torch.profiler memory events"

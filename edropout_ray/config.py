@@ -129,7 +129,7 @@ class Config:
     export_formats: list[str] = dataclasses.field(default_factory=lambda: ["pt2"])
     # the report's latency of the exported model against the dense one, per batch size ([] = not timed)
     latency_batches: list[int] = dataclasses.field(default_factory=lambda: [1, 128])
-    latency_repeats: int = 10
+    latency_repeats: int = 20  # at least 5: a median and a spread (artifacts/latency.py)
     # the report also evaluates the trained weights with every unit kept and under random masks (25/50/75% of
     # the units pruned), as the paper reports; false skips these four passes over the test set
     report_extra_masks: bool = True
@@ -217,8 +217,9 @@ class Config:
              f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}"
              f"{did_you_mean(wrong[0], EXPORT_FORMATS) if wrong else ''}")
         need(self.channel_multiple >= 1, f"channel_multiple must be >= 1 (1: no rounding), got {self.channel_multiple}")
-        need(all(b >= 1 for b in self.latency_batches) and self.latency_repeats >= 1,
-             f"latency_batches must be batch sizes >= 1 ([] to skip timing) and latency_repeats >= 1, got "
+        need(all(b >= 1 for b in self.latency_batches) and self.latency_repeats >= 5,
+             f"latency_batches must be batch sizes >= 1 ([] to skip timing) and latency_repeats >= 5 (a median and "
+             f"a spread), got "
              f"{self.latency_batches!r} and {self.latency_repeats!r}")
 
     def _check_names(self) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from ..pruning.evaluation import evaluate, random_state
 from .pruned_model import EXPORT_FILE, count_macs, count_parameters, load_exported, save_exported
-from .latency import compare_latency, latency_ms
+from .latency import compare_latency, describe_speedup, median_and_iqr, time_interleaved
 from .onnx_model import ONNX_FILE, OnnxRunner, save_onnx
 from ..config import Config
 from ..pruning.space import PruningSpace
@@ -65,21 +65,29 @@ def _extra_masks(space: PruningSpace, config: Config, test_loader, device: torch
 def _write_exports(space: PruningSpace, state: torch.Tensor, pruned_model: torch.nn.Module, formats: list[str],
                    test_loader, device: torch.device, output: Path) -> dict:
     """Save every format of `export_formats`; each is loaded as a user would and compared with the masked
-    model on a test batch (largest output difference), and timed on its first 32 samples."""
+    model on a test batch (largest output difference), and all are timed in turn on its first 32 samples
+    (`export_latency_ms`: medians; `export_latency_iqr_ms`: their interquartile ranges)."""
     x, _ = next(iter(test_loader))
     x = x.to(device)
     space.model.eval()
     masked = space.masked_forward(state, x)
     few = x[:32]
-    found: dict = {"export_latency_ms": {"batch": len(few), "pytorch": latency_ms(pruned_model, few)}}
+    runners = {"pytorch": pruned_model}
+    found: dict = {}
     if "pt2" in formats:
-        loaded = load_exported(save_exported(pruned_model, space.example_inputs, output))
-        found |= {"exported_model": EXPORT_FILE, "export_max_abs_diff": float((loaded(x) - masked).abs().max())}
-        found["export_latency_ms"]["pt2"] = latency_ms(loaded, few)
+        runners["pt2"] = load_exported(save_exported(pruned_model, space.example_inputs, output))
+        found |= {"exported_model": EXPORT_FILE,
+                  "export_max_abs_diff": float((runners["pt2"](x) - masked).abs().max())}
     if "onnx" in formats:
-        runner = OnnxRunner(save_onnx(pruned_model, space.example_inputs, output))
-        found |= {"exported_onnx": ONNX_FILE, "onnx_max_abs_diff": float((runner(x) - masked.cpu()).abs().max())}
-        found["export_latency_ms"]["onnx"] = latency_ms(runner, few)
+        runners["onnx"] = OnnxRunner(save_onnx(pruned_model, space.example_inputs, output))
+        found |= {"exported_onnx": ONNX_FILE,
+                  "onnx_max_abs_diff": float((runners["onnx"](x) - masked.cpu()).abs().max())}
+    timed = time_interleaved({kind: (lambda run=run: run(few)) for kind, run in runners.items()}, device,
+                             repeats=10, budget_s=10.0)
+    spreads = {kind: median_and_iqr(samples) for kind, samples in timed["samples_ms"].items()}
+    found["export_latency_ms"] = {"batch": len(few)} | {kind: median for kind, (median, _) in spreads.items()}
+    found["export_latency_iqr_ms"] = {kind: iqr for kind, (_, iqr) in spreads.items()} | \
+        {"repeats": timed["repeats"], "threads": timed["threads"]}
     return found
 
 
@@ -113,11 +121,7 @@ def format_table(report: dict) -> str:
     if "top1_drop" in report:
         lines.append(f"top-1 drop against the dense baseline: {report['top1_drop']:+.2f} points "
                      f"(top-5: {report['top5_drop']:+.2f})")
-    for key, timing in sorted(report.get("latency", {}).items()):
-        if key.startswith("batch_"):
-            lines.append(f"latency at batch {key[6:]} on {report['latency']['device']}: "
-                         f"dense {timing['dense_ms']:.2f} ms, pruned {timing['pruned_ms']:.2f} ms ({timing['speedup']:.2f}x faster; MACs "
-                         f"{report['latency']['macs_reduction']:.2f}x fewer)")
+    lines += _latency_lines(report.get("latency", {}))
     latency = report.get("export_latency_ms", {})
     for file_key, diff_key, kind in (("exported_model", "export_max_abs_diff", "pt2"),
                                      ("exported_onnx", "onnx_max_abs_diff", "onnx")):
@@ -126,3 +130,16 @@ def format_table(report: dict) -> str:
             lines.append(f"exported model: {report[file_key]} (max |output difference| vs masked: "
                          f"{report[diff_key]:.2e}{timing})")
     return "\n".join(lines)
+
+
+def _latency_lines(latency: dict) -> list[str]:
+    """One line per timed batch: medians, their interquartile ranges, and the speed-up only if measurable."""
+    lines = []
+    for key in sorted((k for k in latency if k.startswith("batch_")), key=lambda k: int(k[6:])):
+        row = latency[key]
+        dense, pruned = (f"{row[f'{name}_ms']:.2f} ms (IQR {low:.2f}-{high:.2f})"
+                         for name in ("dense", "pruned") for low, high in [row[f"{name}_ms_iqr"]])
+        lines.append(f"latency at batch {row['batch']} on {latency['device']} ({row['threads']} threads, "
+                     f"{row['repeats']} repeats): dense {dense}, pruned {pruned}; {describe_speedup(row)}; "
+                     f"MACs {latency['macs_reduction']:.2f}x fewer")
+    return lines
