@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .heads import heads_for, is_headed
+from .heads import heads_for, is_headed, qkv_weight_name
 
 # per tensor: kept indices along dim 0 and along dim 1 (None: that dim is not cut), and where both dims
 # are cut, the rows of the kept (out, in) blocks in the tensor with its first two dims flattened
@@ -108,8 +108,8 @@ def depthwise_convs(model: nn.Module, layout: CompactLayout) -> dict[str, nn.Mod
                 and module.groups == module.in_channels == module.out_channels \
                 and f"{name}.weight" in layout.indices:
             found[f"{name}.weight"] = module
-        elif is_headed(module) and f"{name}.qkv.weight" in layout.indices:
-            found[f"{name}.qkv.weight"] = module
+        elif is_headed(module) and qkv_weight_name(name, module) in layout.indices:
+            found[qkv_weight_name(name, module)] = module
     return found
 
 

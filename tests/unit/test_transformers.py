@@ -1,5 +1,6 @@
 """Vision transformers: attention heads are units (a head's q, k, v rows and projection columns together),
-and the pruned model is exact. Small random-init configurations of timm's ViT, DeiT and Swin, float64."""
+and the pruned model is exact. Small random-init configurations of timm's ViT, DeiT and Swin and of
+torchvision's ViT, float64."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 import pytest
 import torch
+import torchvision
 
 from edropout_ray.evolution.population import repair_empty_groups
 from edropout_ray.pruning.heads import find_attentions
@@ -14,17 +16,22 @@ from edropout_ray.pruning.space import PruningSpace
 
 timm = pytest.importorskip("timm")
 
-SMALL = {  # name -> timm.create_model arguments for a 32x32 input
-    "vit": ("vit_tiny_patch16_224", dict(patch_size=8, depth=2, embed_dim=32, num_heads=4)),
-    "deit": ("deit_tiny_patch16_224", dict(patch_size=8, depth=2, embed_dim=48, num_heads=3)),
-    "swin": ("swin_tiny_patch4_window7_224", dict(window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=16)),
+def _timm(name: str, **kwargs):
+    return lambda: timm.create_model(name, pretrained=False, img_size=32, num_classes=10, **kwargs)
+
+
+SMALL = {  # small configurations of each family, for a 32x32 input
+    "vit": _timm("vit_tiny_patch16_224", patch_size=8, depth=2, embed_dim=32, num_heads=4),
+    "deit": _timm("deit_tiny_patch16_224", patch_size=8, depth=2, embed_dim=48, num_heads=3),
+    "swin": _timm("swin_tiny_patch4_window7_224", window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=16),
+    "torchvision_vit": lambda: torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10),
 }
 
 
 def small_space(key: str) -> PruningSpace:
-    name, kwargs = SMALL[key]
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, img_size=32, num_classes=10, **kwargs).double().eval()
+    model = SMALL[key]().double().eval()
     return PruningSpace(model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
 
 
@@ -41,6 +48,7 @@ def test_heads_are_units_and_the_export_carries_the_new_head_count(key, caplog):
     attentions, refused = find_attentions(space.model)
     assert attentions and not refused
     assert not [root for root, _ in space.skipped if root.endswith(".qkv")], space.describe()
+    assert {a.name for a in attentions} <= {g.root for g in space.groups}
     groups = {g.root: g for g in space.groups}
     state = some_states(space)[0]
     exported = dict(space.export(state).named_modules())
@@ -50,8 +58,9 @@ def test_heads_are_units_and_the_export_carries_the_new_head_count(key, caplog):
         kept = int(state[group.start:group.start + group.size].sum())
         module = exported[attention.name]
         assert module.num_heads == kept
-        assert module.qkv.out_features == 3 * kept * attention.head_dim, "the head dimension is unchanged"
-        assert module.proj.in_features == kept * attention.head_dim
+        qkv = dict(module.named_parameters())[attention.qkv]
+        assert qkv.shape[0] == 3 * kept * attention.head_dim, "the head dimension is unchanged"
+        assert module.get_submodule(attention.proj.rpartition(".")[0]).in_features == kept * attention.head_dim
         table = getattr(module, "relative_position_bias_table", None)
         assert table is None or table.shape[1] == kept
 
@@ -77,7 +86,8 @@ def test_masked_equals_exported_and_every_scoring_mode_agrees(key, caplog):
 
 
 def test_vit_runs_heads_at_their_own_size():
-    """ViT's heads and MLP neurons (its embedding width is kept: pos_embed) run at size, as exported."""
+    """ViT's heads and MLP neurons (its embedding width is kept: pos_embed) run at size, as exported;
+    torchvision's (nn.MultiheadAttention) too, checked in the scoring test."""
     space = small_space("vit")
     assert space.at_size_supported
     state = some_states(space)[0]
@@ -96,11 +106,12 @@ def test_swin_without_its_norms_pruned_says_why_it_runs_masked(caplog):
     assert "LayerNorm/GroupNorm over channels" in caplog.text
 
 
-def test_onnx_export_of_a_pruned_vit(tmp_path):
+@pytest.mark.parametrize("key", ["vit", "torchvision_vit"])
+def test_onnx_export_of_a_pruned_vit(key, tmp_path):
     pytest.importorskip("onnxruntime")
     from edropout_ray.artifacts.onnx_model import OnnxRunner, save_onnx
 
-    space = small_space("vit")
+    space = small_space(key)
     state = some_states(space)[0]
     model = space.export(state).float()
     path = save_onnx(model, space.example_inputs.float(), tmp_path)
