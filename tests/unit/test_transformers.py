@@ -119,3 +119,12 @@ def test_onnx_export_of_a_pruned_vit(key, tmp_path):
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(torch.as_tensor(OnnxRunner(path)(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_listing_names_the_transformer_families_tested_here():
+    from edropout_ray.catalog import TRANSFORMER_FAMILIES, listing
+
+    assert set(TRANSFORMER_FAMILIES) == set(SMALL)
+    text = listing()
+    for family, name in TRANSFORMER_FAMILIES.values():
+        assert f"{family:<20} {name}" in text
