@@ -24,9 +24,15 @@ SMALL = {  # small configurations of each family, for a 32x32 input
     "vit": _timm("vit_tiny_patch16_224", patch_size=8, depth=2, embed_dim=32, num_heads=4),
     "deit": _timm("deit_tiny_patch16_224", patch_size=8, depth=2, embed_dim=48, num_heads=3),
     "swin": _timm("swin_tiny_patch4_window7_224", window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=16),
-    "torchvision_vit": lambda: torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10),
+    "torchvision_vit": lambda: _with_random_head(torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10)),
 }
+
+
+def _with_random_head(model: torch.nn.Module) -> torch.nn.Module:
+    """torchvision's ViT starts with a zero classifier: every output would be 0 and every comparison vacuous."""
+    torch.nn.init.normal_(model.heads.head.weight)
+    return model
 
 
 def small_space(key: str) -> PruningSpace:
@@ -74,6 +80,7 @@ def test_masked_equals_exported_and_every_scoring_mode_agrees(key, caplog):
     exported = space.export(states[0])
     with torch.no_grad():
         masked = space.masked_forward(states[0], x)
+        assert masked.abs().max() > 1e-3, "outputs that are all zero would hide any mismatch"
         torch.testing.assert_close(exported(x), masked, rtol=1e-9, atol=1e-9 * masked.abs().max().item())
     assert sum(p.numel() for p in exported.parameters()) == space.kept_parameters(states[0])
     y = torch.arange(len(x))
