@@ -53,6 +53,21 @@ TIMM_FAMILIES = {
     "InceptionNeXt": "inception_next_atto",
 }
 
+# Vision transformers: attention heads and MLP neurons are units (pruning/heads.py). Each family is checked in a
+# small configuration by tests/unit/test_transformers.py (its SMALL, keyed like this dict); the names here are
+# the full-size models to --check.
+TRANSFORMER_FAMILIES = {
+    "vit": ("ViT (timm)", "timm:vit_tiny_patch16_224"),
+    "deit": ("DeiT (timm)", "timm:deit_small_patch16_224"),
+    "swin": ("Swin (timm)", "timm:swin_tiny_patch4_window7_224"),
+    "torchvision_vit": ("ViT (torchvision)", "vit_b_16"),
+}
+
+# Transformers whose heads are not units yet, and not tested: name -> why.
+HEADS_KEPT = {
+    "swin_t": "torchvision's Swin: its shifted_window_attention takes the head size from the embedding width",
+}
+
 # Refused with a clear error (tests/unit/test_model_coverage.py checks that they are): name -> why.
 UNSUPPORTED = {
     "shufflenet_v2_x0_5": "Torch-Pruning cannot trace its channel shuffle",
@@ -67,6 +82,9 @@ def listing() -> str:
     lines += [f"  {family:<20} timm:{name}" for family, name in TIMM_FAMILIES.items()]
     lines += ["not supported (refused with an error):"]
     lines += [f"  {name:<20} {why}" for name, why in UNSUPPORTED.items()]
+    lines += ["vision transformers (attention heads and MLP neurons as units); one model per family tested:"]
+    lines += [f"  {family:<20} {name}" for family, name in TRANSFORMER_FAMILIES.values()]
+    lines += [f"  heads not pruned, not tested: {name} ({why})" for name, why in HEADS_KEPT.items()]
     lines += ["built in (model: edropout_ray.models:<name>): " + ", ".join(BUILT_IN),
               "your own: model: package.module:callable returning an nn.Module",
               "check any of them: edropout-ray models --check NAME [--image-size 64]"]
@@ -83,6 +101,9 @@ def check(spec: str, image_size: int = 64, in_channels: int = 3, num_classes: in
     logging.getLogger("edropout_ray.pruning.space").setLevel(logging.ERROR)  # the skips are listed below
     torch.manual_seed(0)
     model = build_model(spec, num_classes, in_channels, image_size).double().eval()
+    for module in model.modules():  # torchvision's ViT starts with a zero classifier: outputs 0 would hide a mismatch
+        if isinstance(module, torch.nn.Linear) and not module.weight.any():
+            torch.nn.init.normal_(module.weight, std=0.02)
     x = torch.randn(2, in_channels, image_size, image_size, dtype=torch.float64)
     space = PruningSpace(model, x)
     generator = torch.Generator().manual_seed(0)

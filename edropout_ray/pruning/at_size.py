@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .heads import heads_for, is_headed, qkv_weight_name
+
 # per tensor: kept indices along dim 0 and along dim 1 (None: that dim is not cut), and where both dims
 # are cut, the rows of the kept (out, in) blocks in the tensor with its first two dims flattened
 KeptIndices = dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]
@@ -98,13 +100,16 @@ def _block_index(out_kept: torch.Tensor, in_kept: torch.Tensor, width: int) -> t
 
 
 def depthwise_convs(model: nn.Module, layout: CompactLayout) -> dict[str, nn.Module]:
-    """Weight name -> conv, for depthwise convs (one group per channel) whose channels a state cuts."""
+    """Weight name -> layer, for the layers that keep a size of their own that follows that tensor:
+    depthwise convs (one group per channel) and attention modules (their head count, heads.py)."""
     found = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 \
                 and module.groups == module.in_channels == module.out_channels \
                 and f"{name}.weight" in layout.indices:
             found[f"{name}.weight"] = module
+        elif is_headed(module) and qkv_weight_name(name, module) in layout.indices:
+            found[qkv_weight_name(name, module)] = module
     return found
 
 
@@ -117,8 +122,9 @@ def run_at_size(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Ten
     """
     x = preferred_layout(x)
     with contextlib.ExitStack() as stack:
-        for weight_name, conv in depthwise.items():
-            stack.enter_context(_groups(conv, tensors[weight_name].shape[0]))
+        for weight_name, layer in depthwise.items():
+            sized = heads_for if is_headed(layer) else _groups
+            stack.enter_context(sized(layer, tensors[weight_name].shape[0]))
         return functional_call(model, tensors, (x,))
 
 

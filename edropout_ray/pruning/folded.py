@@ -34,6 +34,7 @@ from torch.func import vmap
 
 from .channel_norms import CHANNEL_NORMS, ChannelNorm, normalize
 from .groups import CONVS, NORMS
+from .heads import heads_called_as_modules
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,6 @@ def folded_logits(model: nn.Module, states: torch.Tensor, x: torch.Tensor, produ
     count, batch = states.shape[0], x.shape[0]
     folded = torch.cat([x] * count)  # keeps x's memory format (channels-last stays channels-last)
     with folded_states(model, states.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32),
-                       producers, consumers, norms):
+                       producers, consumers, norms), heads_called_as_modules(model):
         out = model(folded)
     return out.view(count, batch, *out.shape[1:])

@@ -14,6 +14,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .heads import is_headed, remove_heads
+
 
 def prune_physically(model: nn.Module, groups: Sequence, example_inputs: torch.Tensor,
                      state: torch.Tensor) -> nn.Module:
@@ -26,13 +28,19 @@ def prune_physically(model: nn.Module, groups: Sequence, example_inputs: torch.T
                                                       verbose=False)
     modules = dict(model.named_modules())
     state = state.bool().cpu()
+    headed = []
     for group in groups:
         pruned = group.pruned_channels(state)
         if not pruned:
             continue
         root = modules[group.root]
+        if is_headed(root):  # heads are not a Torch-Pruning group (heads.py); cut after the graph's groups
+            headed.append((root, pruned))
+            continue
         pruner = graph.get_pruner_of_module(root)
         graph.get_pruning_group(root, pruner.prune_out_channels, pruned).prune()
+    for attention, pruned in headed:
+        remove_heads(attention, pruned)
     model.train(was_training)
     return model
 

@@ -29,6 +29,7 @@ from .scoring import StateScoring
 from .scoring_options import ScoringOptions
 from ..errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
+from .heads import HeadedAttention, find_attentions
 from .modes import eval_mode
 from .removal import prune_physically
 
@@ -90,7 +91,7 @@ class PruningSpace(StateScoring):
         self._norms: dict | list[ChannelNorm] = {}  # name -> ChannelNorm while building, then a list
         self._build()
         self.layout = CompactLayout((e.name, e.out_index, e.in_index) for e in self._slices)
-        self.depthwise = depthwise_convs(self.model, self.layout)
+        self.depthwise = depthwise_convs(self.model, self.layout)  # and attentions: their size follows a tensor
         self._at_size_problem: str | None | bool = False  # False: not checked yet
         self._folded_problem: str | None | bool = False
         self._activation_masks: tuple[list[ActivationMask], list[ActivationMask]] | None = None
@@ -120,17 +121,26 @@ class PruningSpace(StateScoring):
         collected: dict[tuple[str, int], torch.Tensor] = {}
         buffers: set[str] = set()
         depth = {name: i for i, (name, _) in enumerate(self.model.named_modules())}
+        attentions, _ = find_attentions(self.model)  # the others' qkv stay refused as a channel split below
+        by_heads = {f"{a.name}.qkv" for a in attentions}  # their qkv channels are heads, not a split
         found_groups = [(reader.names[g.items[0].dep.target.module], g)
                         for g in graph.get_all_groups(root_module_types=(CONVS + (nn.Linear,)))]
+        found_groups = [pair for pair in found_groups if pair[0] not in by_heads]
+        found_groups += [(a.name, a) for a in attentions]
         found_groups.sort(key=lambda pair: depth[pair[0]])  # units in the order of the model's layers
+        modules = dict(self.model.named_modules())
         start = 0
         for root, group in found_groups:
-            if reader.feeds_output(group):
+            if isinstance(group, HeadedAttention):  # one unit per head (heads.py)
+                unit_of, found, norms, reason = list(range(group.num_heads)), group.tensor_slices(
+                    modules[root], start), [], None
+            elif reader.feeds_output(group):
                 continue
-            unit_of, reason = reader.units_of_channels(group)
-            found, norms = [], []
-            if reason is None:
-                found, norms, reason = reader.slices(group, start, unit_of)
+            else:
+                unit_of, reason = reader.units_of_channels(group)
+                found, norms = [], []
+                if reason is None:
+                    found, norms, reason = reader.slices(group, start, unit_of)
             if reason is not None:
                 self.skipped.append((root, reason))
                 log.warning("units of %s are kept unpruned: cannot remove them exactly (%s)", root, reason)
@@ -194,8 +204,9 @@ class PruningSpace(StateScoring):
         modules = dict(self.model.named_modules())
         found = {}
         for entry in self._slices:
-            if entry.in_index is not None:
-                layer = entry.name.rsplit(".", 1)[0]
+            layer = entry.name.rsplit(".", 1)[0]
+            if entry.in_index is not None and isinstance(modules[layer], CONVS + (nn.Linear,)):
+                # (a per-head table's columns are not a layer's inputs)
                 groups = getattr(modules[layer], "groups", 1)  # a grouped conv's weight holds one block of inputs
                 found[layer] = entry.in_index.repeat(groups if isinstance(modules[layer], CONVS) else 1)
         return found

@@ -1,0 +1,137 @@
+"""Vision transformers: attention heads are units (a head's q, k, v rows and projection columns together),
+and the pruned model is exact. Small random-init configurations of timm's ViT, DeiT and Swin and of
+torchvision's ViT, float64."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+
+from edropout_ray.evolution.population import repair_empty_groups
+from edropout_ray.pruning.heads import find_attentions
+from edropout_ray.pruning.space import PruningSpace
+
+timm = pytest.importorskip("timm")
+
+def _timm(name: str, **kwargs):
+    return lambda: timm.create_model(name, pretrained=False, img_size=32, num_classes=10, **kwargs)
+
+
+SMALL = {  # small configurations of each family, for a 32x32 input
+    "vit": _timm("vit_tiny_patch16_224", patch_size=8, depth=2, embed_dim=32, num_heads=4),
+    "deit": _timm("deit_tiny_patch16_224", patch_size=8, depth=2, embed_dim=48, num_heads=3),
+    "swin": _timm("swin_tiny_patch4_window7_224", window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=16),
+    "torchvision_vit": lambda: _with_random_head(torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10)),
+}
+
+
+def _with_random_head(model: torch.nn.Module) -> torch.nn.Module:
+    """torchvision's ViT starts with a zero classifier: every output would be 0 and every comparison vacuous."""
+    torch.nn.init.normal_(model.heads.head.weight)
+    return model
+
+
+def small_space(key: str) -> PruningSpace:
+    torch.manual_seed(0)
+    model = SMALL[key]().double().eval()
+    return PruningSpace(model, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+def some_states(space: PruningSpace, count: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return repair_empty_groups(torch.rand(count, space.num_units, generator=generator) < 0.5, space.group_sizes,
+                               generator)
+
+
+@pytest.mark.parametrize("key", list(SMALL))
+def test_heads_are_units_and_the_export_carries_the_new_head_count(key, caplog):
+    caplog.set_level(logging.ERROR)
+    space = small_space(key)
+    attentions, refused = find_attentions(space.model)
+    assert attentions and not refused
+    assert not [root for root, _ in space.skipped if root.endswith(".qkv")], space.describe()
+    assert {a.name for a in attentions} <= {g.root for g in space.groups}
+    groups = {g.root: g for g in space.groups}
+    state = some_states(space)[0]
+    exported = dict(space.export(state).named_modules())
+    for attention in attentions:
+        group = groups[attention.name]
+        assert group.size == attention.num_heads
+        kept = int(state[group.start:group.start + group.size].sum())
+        module = exported[attention.name]
+        assert module.num_heads == kept
+        qkv = dict(module.named_parameters())[attention.qkv]
+        assert qkv.shape[0] == 3 * kept * attention.head_dim, "the head dimension is unchanged"
+        assert module.get_submodule(attention.proj.rpartition(".")[0]).in_features == kept * attention.head_dim
+        table = getattr(module, "relative_position_bias_table", None)
+        assert table is None or table.shape[1] == kept
+
+
+@pytest.mark.parametrize("key", list(SMALL))
+def test_masked_equals_exported_and_every_scoring_mode_agrees(key, caplog):
+    caplog.set_level(logging.ERROR)
+    space = small_space(key)
+    states = some_states(space)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exported = space.export(states[0])
+    with torch.no_grad():
+        masked = space.masked_forward(states[0], x)
+        assert masked.abs().max() > 1e-3, "outputs that are all zero would hide any mismatch"
+        torch.testing.assert_close(exported(x), masked, rtol=1e-9, atol=1e-9 * masked.abs().max().item())
+    assert sum(p.numel() for p in exported.parameters()) == space.kept_parameters(states[0])
+    y = torch.arange(len(x))
+    one_by_one = torch.cat([space.score(s.unsqueeze(0), x, y) for s in states])
+    modes = ["loop", "vmap", "folded"] + (["at_size"] if space.at_size_supported else [])
+    for mode in modes:
+        space.scoring = mode
+        torch.testing.assert_close(space.score(states, x, y), one_by_one, rtol=1e-9, atol=1e-9)
+    assert space.folded_supported
+
+
+def test_vit_runs_heads_at_their_own_size():
+    """ViT's heads and MLP neurons (its embedding width is kept: pos_embed) run at size, as exported;
+    torchvision's (nn.MultiheadAttention) too, checked in the scoring test."""
+    space = small_space("vit")
+    assert space.at_size_supported
+    state = some_states(space)[0]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(space.at_size_forward(state, x), space.masked_forward(state, x),
+                                   rtol=1e-9, atol=1e-12)
+    module = dict(space.model.named_modules())["blocks.0.attn"]
+    assert module.num_heads == 4 and module.attn_dim == 32, "the dense model keeps its heads after the call"
+
+
+def test_swin_without_its_norms_pruned_says_why_it_runs_masked(caplog):
+    space = small_space("swin")
+    with caplog.at_level(logging.WARNING):
+        assert not space.at_size_supported
+    assert "LayerNorm/GroupNorm over channels" in caplog.text
+
+
+@pytest.mark.parametrize("key", ["vit", "torchvision_vit"])
+def test_onnx_export_of_a_pruned_vit(key, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edropout_ray.artifacts.onnx_model import OnnxRunner, save_onnx
+
+    space = small_space(key)
+    state = some_states(space)[0]
+    model = space.export(state).float()
+    path = save_onnx(model, space.example_inputs.float(), tmp_path)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(torch.as_tensor(OnnxRunner(path)(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_listing_names_the_transformer_families_tested_here():
+    from edropout_ray.catalog import TRANSFORMER_FAMILIES, listing
+
+    assert set(TRANSFORMER_FAMILIES) == set(SMALL)
+    text = listing()
+    for family, name in TRANSFORMER_FAMILIES.values():
+        assert f"{family:<20} {name}" in text
