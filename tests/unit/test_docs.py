@@ -6,6 +6,7 @@ reader copies values from is parsed here and compared with what the code declare
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -94,6 +95,32 @@ def test_readme_config_table_gives_configs_defaults():
     wrong = {key: (written, field_default(CONFIG_FIELDS[key])) for key, written in documented.items()
              if not same_value(written, field_default(CONFIG_FIELDS[key]))}
     assert wrong == {}, "README default (as written) differs from Config's (declared)"
+
+
+def sweep_spec_defaults() -> dict:
+    """SweepSpec's fields and defaults, read from sweep.py's source (importing it would start importing Ray)."""
+    tree = ast.parse((PACKAGE / "sweep.py").read_text())
+    spec = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SweepSpec")
+    defaults = {}
+    for node in spec.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "field":
+                factory = next(k.value.id for k in value.keywords if k.arg == "default_factory")
+                defaults[node.target.id] = {"dict": {}, "list": []}[factory]
+            else:
+                defaults[node.target.id] = ast.literal_eval(value)
+    return defaults
+
+
+def test_config_md_documents_every_sweep_key_with_its_default():
+    declared = sweep_spec_defaults()
+    assert "max_failures" in declared, "SweepSpec's fields were not read"
+    documented = documented_defaults(section((ROOT / "docs/config.md").read_text(), "Sweep files"), "| key | default |")
+    assert sorted(set(declared) ^ set(documented)) == [], "sweep keys in SweepSpec and docs/config.md differ"
+    wrong = {key: (written, declared[key]) for key, written in documented.items()
+             if not same_value(written, declared[key])}
+    assert wrong == {}, "docs/config.md sweep default (as written) differs from SweepSpec's (declared)"
 
 
 def test_the_comparison_of_defaults_can_fail():
