@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -189,3 +190,44 @@ def test_every_jobs_file_the_docs_name_exists():
     named = {name for path in DOCS for name in re.findall(r"jobs/[\w/]+\.yaml", path.read_text())}
     assert named, "the docs name no jobs file: the pattern is wrong"
     assert sorted(name for name in named if not (ROOT / name).exists()) == []
+
+
+RESULTS = ROOT / "benchmarks/results"
+MATRIX_MODELS = ("small_cnn", "lenet5", "resnet20")
+README_QUALITY_COLUMNS = {  # README's column -> the methods whose best mean it shows
+    "EDropout": ("edropout",), "no search": ("edropout_no_search",), "fixed_random": ("fixed_random",),
+    "best of random, L1, Torch-Pruning": ("random", "l1", "tp_group_norm", "tp_magnitude", "tp_taylor"),
+    "dense": ("dense",),
+}
+
+
+def matrix_top1() -> dict[tuple[str, float, str], float]:
+    """(model, size, method) -> mean top-1; the dense runs are filed under the first size (0.5)."""
+    rows = json.loads((RESULTS / "quality_matrix.json").read_text())["rows"]
+    return {(row["model"], row["size"], row["method"]): row["top1_mean"] for row in rows}
+
+
+def test_readme_quality_table_is_the_results_files():
+    top1 = matrix_top1()
+    lines = (ROOT / "README.md").read_text().splitlines()
+    header = next(line for line in lines if line.strip().startswith("| at | EDropout |"))
+    columns = [cell.strip() for cell in header.strip().strip("|").split("|")][1:]
+    assert set(columns) == set(README_QUALITY_COLUMNS)
+    rows = table_rows("\n".join(line.strip() for line in lines), "| at | EDropout |")
+    assert [row[0] for row in rows] == ["50% of the parameters", "25%"]
+    for row, size in zip(rows, (0.5, 0.25)):
+        for column, cell in zip(columns, row[1:]):
+            if not cell:
+                continue
+            shown = [float(v) for v in cell.strip("*").split(" / ")]
+            methods = README_QUALITY_COLUMNS[column]
+            expected = [round(max(top1[(m, size, method)] for method in methods), 2)
+                        for m in MATRIX_MODELS]
+            assert shown == expected, f"README quality table, {column} at {size}: results file says {expected}"
+
+
+def test_quality_md_matrix_is_the_results_files():
+    rows = lambda text: [line for line in text.splitlines() if line.startswith(tuple(f"| {m} |" for m in MATRIX_MODELS))]
+    results = rows((RESULTS / "quality_matrix.md").read_text())
+    assert len(results) == 51  # 3 models x 2 sizes x 8 methods, and dense
+    assert rows((ROOT / "docs/quality.md").read_text()) == results
