@@ -186,10 +186,19 @@ def test_every_key_the_docs_set_is_a_config_key(where, command):
     assert unknown == [], f"{where}: {command!r} sets keys that Config does not have"
 
 
-def test_every_jobs_file_the_docs_name_exists():
-    named = {name for path in DOCS for name in re.findall(r"jobs/[\w/]+\.yaml", path.read_text())}
-    assert named, "the docs name no jobs file: the pattern is wrong"
+REPO_PATH = re.compile(r"(?:edropout_ray|tests|benchmarks|jobs|clusters|docker)/[\w/.-]+\.(?:py|yaml|json|md|png|sh|txt)")
+TEST_NAME = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
+
+
+def test_every_file_and_test_the_docs_name_exists():
+    named = {name for path in DOCS for name in REPO_PATH.findall(path.read_text())}
+    assert {"jobs/demo.yaml", "benchmarks/results/quality_matrix.json"} <= named, "the path pattern is wrong"
     assert sorted(name for name in named if not (ROOT / name).exists()) == []
+    tests = {found for path in DOCS for found in TEST_NAME.findall(path.read_text())}
+    assert tests, "the test-name pattern is wrong"
+    missing = [f"{file}::{name}" for file, name in sorted(tests)
+               if not re.search(rf"^def {name}\(", (ROOT / file).read_text(), flags=re.M)]
+    assert missing == [], "docs name tests that do not exist"
 
 
 RESULTS = ROOT / "benchmarks/results"
