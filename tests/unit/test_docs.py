@@ -240,3 +240,16 @@ def test_quality_md_matrix_is_the_results_files():
     results = rows((RESULTS / "quality_matrix.md").read_text())
     assert len(results) == 51  # 3 models x 2 sizes x 8 methods, and dense
     assert rows((ROOT / "docs/quality.md").read_text()) == results
+
+
+@pytest.mark.slow
+def test_readme_python_api_example_runs_as_shown():
+    """The README's Python API block, run as written (ResNet-18 traced, 8 states scored, one exported)."""
+    block = re.search(r"### Python API\n\n```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README has no Python API block"
+    names: dict = {}
+    exec(compile(block.group(1), "README.md (Python API)", "exec"), names)
+    space, states = names["space"], names["states"]
+    assert space.describe().startswith("2880 units in 12 coupled groups")  # what the block's comment says
+    assert names["energies"].shape == (8,) and names["logits"].shape == (128, 10)
+    assert space.kept_parameters(states[0]) == sum(p.numel() for p in names["smaller"].parameters() if p.requires_grad)
