@@ -186,7 +186,8 @@ def test_every_key_the_docs_set_is_a_config_key(where, command):
     assert unknown == [], f"{where}: {command!r} sets keys that Config does not have"
 
 
-REPO_PATH = re.compile(r"(?:edropout_ray|tests|benchmarks|jobs|clusters|docker)/[\w/.-]+\.(?:py|yaml|json|md|png|sh|txt)")
+REPO_PATH = re.compile(r"(?:edropout_ray|tests|benchmarks|jobs|clusters|docker)/[\w/.-]+"
+                       r"\.(?:py|yaml|json|md|png|sh|txt)")
 TEST_NAME = re.compile(r"(tests/[\w/]+\.py)::(\w+)")
 
 
@@ -235,11 +236,14 @@ def test_readme_quality_table_is_the_results_files():
             assert shown == expected, f"README quality table, {column} at {size}: results file says {expected}"
 
 
+def matrix_rows(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith(tuple(f"| {m} |" for m in MATRIX_MODELS))]
+
+
 def test_quality_md_matrix_is_the_results_files():
-    rows = lambda text: [line for line in text.splitlines() if line.startswith(tuple(f"| {m} |" for m in MATRIX_MODELS))]
-    results = rows((RESULTS / "quality_matrix.md").read_text())
+    results = matrix_rows((RESULTS / "quality_matrix.md").read_text())
     assert len(results) == 51  # 3 models x 2 sizes x 8 methods, and dense
-    assert rows((ROOT / "docs/quality.md").read_text()) == results
+    assert matrix_rows((ROOT / "docs/quality.md").read_text()) == results
 
 
 @pytest.mark.slow
