@@ -99,8 +99,8 @@ def test_readme_config_table_gives_configs_defaults():
 
 
 def sweep_spec_defaults() -> dict:
-    """SweepSpec's fields and defaults, read from sweep.py's source (importing it would start importing Ray)."""
-    tree = ast.parse((PACKAGE / "sweep.py").read_text())
+    """SweepSpec's fields and defaults, read from sweep/spec.py's source (importing it would start importing Ray)."""
+    tree = ast.parse((PACKAGE / "sweep" / "spec.py").read_text())
     spec = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "SweepSpec")
     defaults = {}
     for node in spec.body:
