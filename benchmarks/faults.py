@@ -81,8 +81,12 @@ def one_run(fault: str, args, folder: Path) -> tuple[bool, bool, float]:
         while not (output / "checkpoint.pt").exists() and driver.poll() is None:
             time.sleep(0.2)
         below = descendants(driver.pid)
-        if fault == "shard":
-            dealt = kill([p for p in below if "ray::ShardWorker" in command_line(p)][:1]) == 1
+        if fault == "shard":  # shards exist only while the population searches, after the dense warm-up
+            shards = []
+            while not shards and driver.poll() is None:
+                shards = [p for p in descendants(driver.pid) if "ray::ShardWorker" in command_line(p)]
+                time.sleep(0.2)
+            dealt = kill(shards[:1]) == 1
         elif fault == "learner":
             dealt = kill([p for p in below if "ray::LearnerWorker" in command_line(p)]) == 1
         else:

@@ -121,6 +121,7 @@ class Config:
     sync_every: int = 1
     shard_cpus: float = 1.0
     shard_gpus: float = 0.0
+    shards_start_ahead: int = 20  # steps before the dense warm-up ends at which the shards are started
     learner_cpus: float = 1.0
     learner_gpus: float = 0.0
     # checkpoints: every N steps (0 = never) into the output folder, for --resume
@@ -198,6 +199,7 @@ class Config:
         need(0 < self.lr_gamma <= 1, f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         need(self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}")
         need(self.shards >= 0, f"shards must be >= 0 (0 = one process), got {self.shards}")
+        need(self.shards_start_ahead >= 0, f"shards_start_ahead must be >= 0 steps, got {self.shards_start_ahead}")
         need(self.score_batch is None or self.score_batch >= 1,
              f"score_batch (samples per state scored) must be >= 1 or null (the whole batch), got {self.score_batch}")
         need(self.sync_every >= 1, f"sync_every must be >= 1, got {self.sync_every}")

@@ -184,6 +184,8 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     report["freeze_reason"] = freeze_reason
     report["kept_per_group"] = kept_per_group(final_mask.cpu(), space.group_sizes).tolist()
     report["placement"] = here()
+    if pruned.resources is not None:
+        report["resources"] = pruned.resources
     if dense is not None:
         report["dense_placement"] = dense["placement"]
     if dense_error is not None:
@@ -202,11 +204,12 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payloa
             loop.restore(payload)
         loop.run(progress)
         engine.finish()  # again: a resumed run that had already finished runs no epoch
+        resources = engine.resources()
     except RunLostError as error:
         raise type(error)(f"{error}; {checkpoint.resume_hint(output)}") from None
     finally:
         engine.close()
-    return PrunedRun(engine.best_state.clone(), loop.epoch_rows, loop.step_rows, engine.freeze_reason)
+    return PrunedRun(engine.best_state.clone(), loop.epoch_rows, loop.step_rows, engine.freeze_reason, resources)
 
 
 def _dense_baseline(setup: RunSetup, progress: bool, checkpoints: Folder) -> dict:

@@ -1,5 +1,10 @@
 """The coordinator: the same EDropout step as in one process, over shard actors and a learner actor.
 
+The shards live only while the population searches: started `shards_start_ahead` steps before the
+dense warm-up ends (Ray places them and they build their model meanwhile), ended at the step that
+freezes the mask, so their CPUs and GPUs go back to Ray for the rest of the run. A run resumed after
+the freeze starts none.
+
 With `overlap: true`, the children of step t+1 are scored while the learner runs step t, so the
 energies use weights one step old; the learner then never waits for scoring.
 
@@ -14,13 +19,13 @@ import ray
 import torch
 
 from ..config import Config
-from ..errors import DeviceError
 from ..training.contract import StepResult
 from ..training.step import EDropoutEngine, PendingStep
 from .learner_actor import LearnerWorker, RemoteLearner
 from .liveness import Liveness
 from ..models import ModelRecipe
 from .shard import ShardPool, ShardWorker, WeightsLost
+from .usage import summarize
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
@@ -29,10 +34,31 @@ class DistributedEngine(EDropoutEngine):
     """EDropoutEngine whose scorer is a ShardPool and whose learner is a remote actor: the step's
     sequence is the base class's; only how it scores and how it learns differ."""
 
-    def __init__(self, space: PruningSpace, config: Config, pool: ShardPool, learner: RemoteLearner):
+    def __init__(self, space: PruningSpace, config: Config, pool: ShardPool, learner: RemoteLearner,
+                 shards_follow_phases: bool = True):
         super().__init__(space, config, scorer=self._score, learner=learner)
         self.pool = pool
         self.learner: RemoteLearner = learner
+        # False: the shards start with the learner and live to the end (the shape before phases; benchmarks)
+        self.shards_follow_phases = shards_follow_phases
+        if not shards_follow_phases:
+            self._start_shards()
+
+    def _start_shards(self) -> None:
+        self.pool.start()
+        self.learner.publish()  # the weights they will score with
+
+    def _prepare_step(self) -> None:
+        """Shards up shortly before the population is first scored, and only if it will be."""
+        if self.pool.running or self.frozen or not self.shards_follow_phases:
+            return
+        if self.step_count >= self.warmup_steps - self.config.shards_start_ahead:
+            self._start_shards()
+
+    def _after_freeze(self, was_frozen: bool) -> None:
+        super()._after_freeze(was_frozen)
+        if self.frozen and self.shards_follow_phases:
+            self.pool.stop("the mask is frozen")
 
     def _score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         while True:
@@ -60,28 +86,22 @@ class DistributedEngine(EDropoutEngine):
         self._collect_pending()
         self.space.model.load_state_dict(self.learner.weights())
 
+    def resources(self) -> dict:
+        """report.json's `resources`: the learner's and every shard's time held and busy so far (shards
+        still running are ended first: call it when the run is over)."""
+        self.pool.stop()
+        return summarize([self.learner.usage(), *self.pool.usage])
+
     def close(self) -> None:
         self.pool.close()
         self.learner.close()
 
 
-def _started(liveness: Liveness, refs, what: str):
-    """Wait for actors to start; one whose construction found a GPU torch cannot use raises that
-    DeviceError itself (Ray wraps it in an ActorDiedError whose text ends with it)."""
-    try:
-        return liveness.get(refs, what)
-    except ray.exceptions.ActorDiedError as error:
-        prefix = f"{DeviceError.__module__}.{DeviceError.__name__}: "
-        line = next((line for line in str(error).splitlines() if line.startswith(prefix)), None)
-        if line is None:
-            raise
-        raise DeviceError(line[len(prefix):]) from None
-
-
 def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelRecipe,
-                             total_steps: int | None = None) -> DistributedEngine:
-    """Start `config.shards` shard actors and one learner actor, seeded with the driver's weights;
-    `total_steps`: the run's length, over which the learner's cosine schedule anneals."""
+                             total_steps: int | None = None, shards_follow_phases: bool = True) -> DistributedEngine:
+    """Start the learner actor, seeded with the driver's weights, and a pool of `config.shards` shard
+    actors that the engine starts when the search nears; `total_steps`: the run's length, over which
+    the learner's cosine schedule anneals."""
     example = space.example_inputs.cpu()
     shard_device = "cuda" if config.shard_gpus > 0 else "cpu"
     shard_actor = ray.remote(ShardWorker).options(num_cpus=config.shard_cpus, num_gpus=config.shard_gpus)
@@ -91,22 +111,20 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
                                   ScoringOptions.of(config))
 
     liveness = Liveness(config.liveness_timeout, config.restart_timeout)
-    pool = ShardPool(make_shard, config.shards, liveness)
+    pool = ShardPool(make_shard, config.shards, liveness, expected_units=space.num_units,
+                     resources=(config.shard_cpus, config.shard_gpus))
+    learner = _start_learner(space, config, recipe, pool, liveness, total_steps)
     try:
-        learner = _start_learner(space, config, recipe, pool, liveness, total_steps)
-    except BaseException:  # the shards started would hold their CPUs and GPUs until the driver exits
+        return DistributedEngine(space, config, pool, learner, shards_follow_phases)
+    except BaseException:  # the actors started would hold their CPUs and GPUs until the driver exits
         pool.close()
+        learner.close()
         raise
-    return DistributedEngine(space, config, pool, learner)
 
 
 def _start_learner(space: PruningSpace, config: Config, recipe: ModelRecipe, pool: ShardPool, liveness: Liveness,
                    total_steps: int | None) -> RemoteLearner:
-    """Once the shards are up, the learner actor with the driver's weights, behind its proxy."""
-    units = _started(liveness, [shard.num_units.remote() for shard in pool.shards], "the shards to start")
-    if any(u != space.num_units for u in units):
-        raise RuntimeError(f"shards found {units} units, the driver {space.num_units}: the model must build "
-                           "deterministically from its name")
+    """The learner actor with the driver's weights, behind its proxy."""
     weights = {k: v.detach().cpu() for k, v in space.model.state_dict().items()}
     # without checkpoints there is no state to restart a learner from: better stop than restart it empty
     recoverable = config.checkpoint_every > 0 and config.learner_restarts > 0
@@ -116,8 +134,9 @@ def _start_learner(space: PruningSpace, config: Config, recipe: ModelRecipe, poo
     actor = learner_actor.remote(recipe, space.example_inputs.cpu(), config, weights_ref,
                                  "cuda" if config.learner_gpus > 0 else "cpu", total_steps)
     try:
-        _started(liveness, actor.ping.remote(), "the learner to start")
+        liveness.started(actor.ping.remote(), "the learner to start")
     except BaseException:
         ray.kill(actor)
         raise
-    return RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,))
+    return RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,),
+                         resources=(config.learner_cpus, config.learner_gpus))

@@ -29,6 +29,7 @@ from .liveness import ActorLostError, Liveness
 from .placement import actor_device, computing_on
 from ..models import ModelRecipe
 from .shard import ShardPool
+from .usage import BusyClock, ProcessUsage
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
@@ -50,6 +51,7 @@ class LearnerWorker:
         space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring,
                              options=ScoringOptions.of(config))
         self.learner = Learner(space, config, total_steps=total_steps)
+        self.clock = BusyClock()
         with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -62,12 +64,18 @@ class LearnerWorker:
     def ping(self) -> bool:
         return True
 
+    def busy_seconds(self) -> float:
+        """Seconds spent training and exporting weights since this process started."""
+        return self.clock.seconds
+
     def where(self) -> dict:
         """The device it trains on and what Ray gave it (its GPU ids included)."""
         return computing_on(self.device)
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        return self._ready().step(state.to(self.device), x.to(self.device), y.to(self.device))
+        learner = self._ready()
+        with self.clock.busy():
+            return learner.step(state.to(self.device), x.to(self.device), y.to(self.device))
 
     def end_epoch(self) -> None:
         self._ready().end_epoch()
@@ -89,8 +97,9 @@ class LearnerWorker:
         (tensors would be pickled). Safe without a clone: the return value is stored before this
         single-threaded actor runs its next step."""
         learner = self._ready()
-        learner.sync()
-        return {name: value.detach().cpu().numpy() for name, value in learner.model.state_dict().items()}
+        with self.clock.busy():
+            learner.sync()
+            return {name: value.detach().cpu().numpy() for name, value in learner.model.state_dict().items()}
 
     def state_dict(self) -> dict:
         return self._ready().state_dict()
@@ -154,8 +163,10 @@ class RemoteLearner:
     """
 
     def __init__(self, actor, pool: ShardPool, sync_every: int, liveness: Liveness | None = None,
-                 recoverable: bool = False, keep: tuple = ()):
+                 recoverable: bool = False, keep: tuple = (), resources: tuple[float, float] = (1.0, 0.0)):
         self.actor, self.pool, self.sync_every = actor, pool, sync_every
+        self.started_at = time.monotonic()
+        self.resources = resources
         self.keep = keep  # the actor's constructor arguments in the object store: Ray restarts it with them
         self.liveness = liveness or Liveness()
         self.recoverable = recoverable
@@ -170,7 +181,10 @@ class RemoteLearner:
 
     # ---- the learner contract, and publishing ---------------------------------------------------
     def publish(self) -> None:
-        """The weights after the learner's last submitted step (actor calls run in order)."""
+        """The weights after the learner's last submitted step (actor calls run in order), to the shards
+        if they are running (only while the population searches)."""
+        if not self.pool.running:
+            return
         self.pool.publish(self.actor.weights_for_broadcast.remote())
         self._log(Published())
 
@@ -242,6 +256,15 @@ class RemoteLearner:
             self.snapshot_ref, self.log = ray.put(state), []
         self.publish()
 
+    def usage(self) -> ProcessUsage:
+        """Its time held and busy (busy since its last restart: a restart loses the count before it)."""
+        try:
+            busy = self.liveness.get(self.actor.busy_seconds.remote(), "the learner's busy time", deadline_s=10.0)
+        except Exception:  # lost, or the cluster is gone: its time is lost with it
+            busy = 0.0
+        cpus, gpus = self.resources
+        return ProcessUsage("learner", 0, cpus, gpus, held_s=time.monotonic() - self.started_at, busy_s=busy)
+
     def close(self) -> None:
         try:
             ray.kill(self.actor)
@@ -278,13 +301,13 @@ class RemoteLearner:
         last_publish = max((i for i, entry in enumerate(self.log) if isinstance(entry, Published)), default=None)
         for index, entry in enumerate(self.log):
             if isinstance(entry, Published):
-                if index == last_publish:  # earlier publishes were superseded before anything scored with them
+                if index == last_publish and self.pool.running:  # earlier ones were superseded before any score
                     self.pool.publish(self.actor.weights_for_broadcast.remote())
                 continue
             future = entry.send(self.actor)
             if isinstance(entry, ReplayedStep):
                 self.last_future = future
-        if last_publish is None:  # the shards' weights predate the checkpoint: the closest we have
+        if last_publish is None and self.pool.running:  # the shards' weights predate the checkpoint: the closest
             log.warning("republishing the checkpoint's weights to the shards")
             self.pool.publish(self.actor.weights_for_broadcast.remote())
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import ray
 
-from ..errors import RunLostError
+from ..errors import DeviceError, RunLostError
 
 POLL_S = 1.0
 
@@ -45,6 +45,18 @@ class Liveness:
             if deadline_s is not None and time.monotonic() - started > deadline_s:
                 raise ActorLostError(f"{what} did not come back within {deadline_s:.0f} s (no node could take it: "
                                      "raise restart_timeout if new nodes take longer to start)")
+
+    def started(self, refs, what: str):
+        """Wait for actors to start (`refs`: a call on each); one whose construction found a GPU torch
+        cannot use raises that DeviceError itself (Ray wraps it in an ActorDiedError ending with it)."""
+        try:
+            return self.get(refs, what)
+        except ray.exceptions.ActorDiedError as error:
+            prefix = f"{DeviceError.__module__}.{DeviceError.__name__}: "
+            line = next((line for line in str(error).splitlines() if line.startswith(prefix)), None)
+            if line is None:
+                raise
+            raise DeviceError(line[len(prefix):]) from None
 
     def check_cluster(self, what: str) -> None:
         """Raise ClusterLostError unless the GCS answers within `timeout_s`."""

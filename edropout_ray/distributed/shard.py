@@ -1,6 +1,8 @@
 """Population shards: Ray actors that score their slice of the states, all in one vectorized call.
 
-`ShardPool` scatters the children over the shards and gathers their energies. A shard that dies
+Shards exist only while the population searches: `ShardPool.start` starts them (a few steps before
+the dense warm-up ends, so their start-up is hidden) and `stop` ends them when the mask freezes,
+which gives their CPUs and GPUs back to Ray. `ShardPool` scatters the children over the shards and gathers their energies. A shard that dies
 is replaced by a new actor that receives the latest published weights, and its slice is scored
 again, so no population state is lost (docs/design.md, invariant 6): the coordinator keeps the
 authoritative population, the shards only ever hold copies of their slices. A shard that could not
@@ -11,6 +13,7 @@ ones: it raises WeightsLost, and the coordinator recovers the learner and publis
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Callable
 
@@ -19,6 +22,7 @@ import torch
 
 from .liveness import ActorLostError, Liveness
 from .placement import actor_device, computing_on
+from .usage import BusyClock, ProcessUsage
 from ..models import ModelRecipe
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
@@ -44,6 +48,10 @@ class ShardWorker:
         self.states: torch.Tensor | None = None
         self.energies: torch.Tensor | None = None
         self.weights_lost = False
+        self.clock = BusyClock()
+
+    def busy_seconds(self) -> float:
+        return self.clock.seconds
 
     def num_units(self) -> int:
         return self.space.num_units
@@ -64,30 +72,97 @@ class ShardWorker:
             self.weights_lost = True
             return
         self.weights_lost = False
-        with warnings.catch_warnings():
+        with self.clock.busy(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*not writable.*")
             tensors = {k: torch.as_tensor(v) for k, v in weights.items()}
-        self.space.model.load_state_dict(tensors)
+            self.space.model.load_state_dict(tensors)
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.weights_lost:
             raise WeightsLost("this shard's latest weights were lost with the learner")
-        x, y = x.to(self.device), y.to(self.device)
-        energies = self.space.score(states, x, y, energy=self.energy, kappa=self.kappa).cpu()
+        with self.clock.busy():
+            x, y = x.to(self.device), y.to(self.device)
+            energies = self.space.score(states, x, y, energy=self.energy, kappa=self.kappa).cpu()
         self.states, self.energies = states.clone(), energies
         return energies
 
 
 class ShardPool:
-    """N shard actors behind one scorer call `(states, x, y) -> energies`."""
+    """N shard actors behind one scorer call `(states, x, y) -> energies`, while started.
+
+    `expected_units`: the driver's unit count; shards that build another model stop the run at
+    their first score. `resources`: what each shard process reserves (for the usage report).
+    """
 
     def __init__(self, make_shard: Callable[[], "ray.actor.ActorHandle"], count: int,
-                 liveness: Liveness | None = None):
-        self.make_shard = make_shard
+                 liveness: Liveness | None = None, expected_units: int | None = None,
+                 resources: tuple[float, float] = (1.0, 0.0)):
+        self.make_shard, self.count = make_shard, count
         self.liveness = liveness or Liveness()
-        self.shards = [make_shard() for _ in range(count)]
+        self.expected_units = expected_units
+        self.cpus, self.gpus = resources
+        self.shards: list = []
+        self.started_at: list[float] = []
+        self.starting: list | None = None  # a num_units call on each shard just started, not yet checked
         self.weights_ref: ray.ObjectRef | None = None
         self.replacements = 0
+        self.usage: list[ProcessUsage] = []  # shards ended so far
+
+    @property
+    def running(self) -> bool:
+        return bool(self.shards)
+
+    def start(self) -> None:
+        """Start the shards (Ray places them meanwhile); the first score waits for them."""
+        if self.running:
+            return
+        self.shards = [self.make_shard() for _ in range(self.count)]
+        self.started_at = [time.monotonic()] * self.count
+        self.starting = [shard.num_units.remote() for shard in self.shards]
+        log.info("started %d population shards", self.count)
+
+    def _check_started(self) -> None:
+        if self.starting is None:
+            return
+        units = self.liveness.started(self.starting, "the shards to start")
+        self.starting = None
+        if self.expected_units is not None and any(u != self.expected_units for u in units):
+            raise RuntimeError(f"shards found {units} units, the driver {self.expected_units}: the model must build "
+                               "deterministically from its name")
+
+    def stop(self, why: str = "the run is over") -> None:
+        """End every shard, their time recorded; no weights go to them any more."""
+        if not self.running:
+            return
+        busy = self._busy_seconds()
+        for index, shard in enumerate(self.shards):
+            self._end(index, shard, busy[index])
+        log.info("ended the %d population shards: %s", len(self.shards), why)
+        self.shards, self.started_at, self.starting, self.weights_ref = [], [], None, None
+
+    def _busy_seconds(self) -> list[float]:
+        """Each shard's busy time; 0 for one that died or does not answer within 10 s (its time is lost)."""
+        busy = [0.0] * len(self.shards)
+        try:
+            refs = [shard.busy_seconds.remote() for shard in self.shards]
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=10.0)
+            for index, ref in enumerate(refs):
+                if ref in ready:
+                    try:
+                        busy[index] = ray.get(ref)
+                    except ray.exceptions.RayError:
+                        pass
+        except Exception:  # the cluster is gone: nothing to ask
+            pass
+        return busy
+
+    def _end(self, index: int, shard, busy: float) -> None:
+        self.usage.append(ProcessUsage("shard", index, self.cpus, self.gpus,
+                                       held_s=time.monotonic() - self.started_at[index], busy_s=busy))
+        try:
+            ray.kill(shard)
+        except Exception:  # already gone
+            pass
 
     def publish(self, weights_ref: "ray.ObjectRef") -> None:
         """Send weights through the object store; each shard applies them before its next score."""
@@ -96,6 +171,9 @@ class ShardPool:
             shard.load_weights.remote([weights_ref])
 
     def score_async(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> "PendingScores":
+        if not self.running:
+            raise RuntimeError("the population shards were not started: ShardPool.start() comes before scoring")
+        self._check_started()
         chunks = [c for c in torch.tensor_split(states, len(self.shards)) if len(c)]
         x_ref, y_ref = ray.put(x.cpu()), ray.put(y.cpu())
         futures = [shard.score.remote(chunk, x_ref, y_ref) for shard, chunk in zip(self.shards, chunks)]
@@ -107,21 +185,15 @@ class ShardPool:
     def replace(self, index: int) -> None:
         self.replacements += 1
         log.warning("population shard %d died; starting a replacement with the latest weights", index)
-        try:
-            ray.kill(self.shards[index])
-        except Exception:  # already gone
-            pass
+        self._end(index, self.shards[index], busy=0.0)
         shard = self.make_shard()
         if self.weights_ref is not None:
             shard.load_weights.remote([self.weights_ref])
         self.shards[index] = shard
+        self.started_at[index] = time.monotonic()
 
     def close(self) -> None:
-        for shard in self.shards:
-            try:
-                ray.kill(shard)
-            except Exception:  # the cluster is already gone
-                pass
+        self.stop()
 
 
 class PendingScores:

@@ -54,6 +54,7 @@ class PrunedRun:
     epoch_rows: list[dict]
     step_rows: list = field(default_factory=list)
     freeze_reason: str | None = None
+    resources: dict | None = None  # what a run on Ray held and used (distributed/usage.py)
 
 
 def pick_device(name: str) -> torch.device:

@@ -185,6 +185,7 @@ class EDropoutEngine:
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> StepRecord:
         """Search (while searching), pick the state to train, learn with it, record, check convergence."""
+        self._prepare_step()
         was_frozen = self.frozen
         accepted = self.search(x, y)
         state = self.training_state()
@@ -194,6 +195,9 @@ class EDropoutEngine:
         self._check_convergence(epoch, record.diversity)
         self._after_freeze(was_frozen)
         return record
+
+    def _prepare_step(self) -> None:
+        """Whatever the coming steps need set up first (a runtime starts its scorers here)."""
 
     def _learn(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult | PendingStep:
         """The learner's step with `state`: done now in one process (a runtime may return it pending)."""
@@ -293,6 +297,10 @@ class EDropoutEngine:
         model is the driver's: only what it trained at size is written back)."""
         self._collect_pending()
         self.learner.sync()
+
+    def resources(self) -> dict | None:
+        """What the run's processes held and used (report.json's `resources`); None in one process."""
+        return None
 
     def close(self) -> None:
         """Release workers (a no-op in one process)."""

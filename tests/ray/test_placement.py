@@ -118,15 +118,22 @@ def test_shards_and_the_learner_compute_on_the_gpus_they_hold():
     from edropout_ray.training.run_setup import prepare
 
     setup = prepare(Config(**SHORT))
-    for gpus, who in ((dict(shards=2, shard_gpus=0.25, learner_gpus=0.5), "a population shard"),
-                      (dict(shards=1, learner_gpus=1), "the learner")):
-        with pytest.raises(DeviceError, match=rf"{who} holds GPU \[0\] .* torch .* sees no CUDA device"):
-            start_distributed_engine(setup.new_space(), Config(**SHORT, **gpus), setup.recipe)
+    with pytest.raises(DeviceError, match=r"the learner holds GPU \[0\] .* torch .* sees no CUDA device"):
+        start_distributed_engine(setup.new_space(), Config(**SHORT, shards=1, learner_gpus=1), setup.recipe)
+    # shards start when the population is first scored (here the first step: no warm-up planned)
+    engine = start_distributed_engine(setup.new_space(), Config(**SHORT, shards=2, shard_gpus=0.25), setup.recipe)
+    x, y = next(iter(setup.train_loader))
+    try:
+        with pytest.raises(DeviceError, match=r"a population shard holds GPU \[0\] .* torch .* sees no CUDA device"):
+            engine.step(x, y, 0)
+    finally:
+        engine.close()
     # what failed to start let go of the GPU: a task needing all of it runs (Ray frees it as the actors go)
     assert ray.get(ray.remote(lambda: ray.get_gpu_ids()).options(num_gpus=1).remote()) == [0]
 
     engine = start_distributed_engine(setup.new_space(), Config(**SHORT, shards=1), setup.recipe)
     try:
+        engine.pool.start()
         shard, learner = ray.get([engine.pool.shards[0].where.remote(), engine.learner.actor.where.remote()])
     finally:
         engine.close()
