@@ -98,7 +98,9 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
 
 
 PBT = """
-base: {epochs: 12, max_steps_per_epoch: 3, converge_after: 6, batch_size: 64}  # trials overlap even if one starts late
+# PBT exploits only between trials alive at once: 8 steps an epoch keep a trial running for a couple of
+# seconds per epoch, much longer than a late start of the other trial's worker on a loaded machine
+base: {epochs: 12, max_steps_per_epoch: 8, converge_after: 3, batch_size: 64}
 search:
   temperature: {grid: [0.5, 2.0]}
 scheduler: pbt
