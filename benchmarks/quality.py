@@ -1,17 +1,20 @@
 """Pruning quality at equal size and equal steps: every method on several models, sizes and seeds.
 
-For each model and size, `edropout-ray compare` runs EDropout held to `prune_target_params`, its two
+For each model and size, `edropout-ray compare` runs EDropout held to a share of the parameters
+(`--budget params`: `prune_target_params`) or of the MACs (`--budget macs`: `prune_target_macs`), its two
 ablations (no search: the energy-best initial state frozen at once; fixed_random: EDropout's layer
 widths with random units) and the baselines (random, L1, Torch-Pruning's group-norm sparse training,
-iterative magnitude and Taylor pruning), each held to the parameters EDropout kept and given the same
-steps; the dense network trains for the same steps once per model and seed. Fashion-MNIST as Debian
+iterative magnitude and Taylor pruning), each held to the parameters (MACs) EDropout kept and given the
+same steps; the dense network trains for the same steps once per model and seed. Fashion-MNIST as Debian
 ships it (`apt-get install dataset-fashion-mnist`).
 
-    .venv/bin/python benchmarks/quality.py [--models small_cnn,lenet5,resnet20] [--sizes 0.5,0.25]
-        [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--skip-done] [--set key=value ...]
+    .venv/bin/python benchmarks/quality.py [--budget params|macs] [--models small_cnn,lenet5,resnet20]
+        [--sizes 0.5,0.25] [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--skip-done]
+        [--set key=value ...]
 
-Prints one table (top-1 mean ± std over seeds, the drop against dense, parameters kept) and writes
-it with every run's numbers to benchmarks/results/quality_matrix.{md,json} (--results to change).
+Prints one table (top-1 mean ± std over seeds, the drop against dense, parameters and MACs kept) and
+writes it with every run's numbers to benchmarks/results/quality_matrix.{md,json}
+(quality_matrix_macs.{md,json} for --budget macs; --results to change).
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="jobs/quality_fashion.yaml")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--sizes", default="0.5,0.25", help="fractions of the parameters kept")
+    parser.add_argument("--budget", choices=("params", "macs"), default="params", help="what the sizes count")
+    parser.add_argument("--sizes", default="0.5,0.25", help="fractions of the parameters (MACs) kept")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"besides edropout: {', '.join(BASELINES)}")
     parser.add_argument("--output", default="runs/quality")
-    parser.add_argument("--results", default="benchmarks/results/quality_matrix")
+    parser.add_argument("--results", default=None, help="default: benchmarks/results/quality_matrix[_macs]")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tables-only", action="store_true",
                         help="run nothing: build the table from the summaries already under --output")
@@ -63,8 +67,9 @@ def main(argv=None) -> None:
     rows, minutes = [], 0.0
     for index, size in enumerate(sizes):  # a size for every model first: a column of the table at a time
         for model in models:
-            config = base.replace(**MODELS[model], prune_target_params=size, dense_baseline=index == 0)
-            folder = Path(args.output) / model / f"{size:g}"
+            config = base.replace(**MODELS[model], **{f"prune_target_{args.budget}": size}, dense_baseline=index == 0)
+            cells = Path(args.output) if args.budget == "params" else Path(args.output) / args.budget
+            folder = cells / model / f"{size:g}"
             done = (folder / "summary.parquet").exists() and (folder / CELL_MINUTES).exists()
             if args.tables_only or (args.skip_done and done):
                 if not done:
@@ -77,30 +82,32 @@ def main(argv=None) -> None:
             minutes += float((folder / CELL_MINUTES).read_text())
             rows += [{"model": model, "size": size} | row for row in summary]
             print(f"[quality] {model} at {size:.0%} done; {minutes:.1f} min of runs so far", flush=True)
-    table = markdown(rows, base, seeds, minutes)
+    table = markdown(rows, base, seeds, minutes, args.budget)
     print("\n" + table)
-    results = Path(args.results)
+    results = Path(args.results or "benchmarks/results/quality_matrix" + ("" if args.budget == "params" else "_macs"))
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".md").write_text(table)
     results.with_suffix(".json").write_text(json.dumps({"config": base.to_dict(), "seeds": seeds, "minutes": minutes,
                                                         "rows": rows}, indent=1, default=str))
 
 
-def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None) -> str:
+def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None, budget: str = "params") -> str:
     dense = {r["model"]: r["top1_mean"] for r in rows if r["method"] == "dense"}
     took = f"{minutes:.0f} min of runs in all"
     lines = [f"Fashion-MNIST, {config.epochs} epochs x {config.max_steps_per_epoch} steps of batch {config.batch_size} "
-             f"for every method, seeds {seeds}, {took} (top-1 mean ± std over seeds).", "",
-             "| model | size | method | top-1 (%) | vs dense | params kept |", "|---|---|---|---|---|---|"]
+             f"for every method, seeds {seeds}, {took} (top-1 mean ± std over seeds); sizes are shares of the "
+             f"{'parameters' if budget == 'params' else 'MACs'}.", "",
+             "| model | size | method | top-1 (%) | vs dense | params kept | MACs kept |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "dense":
             continue
         drop = r["top1_mean"] - dense.get(r["model"], float("nan"))
         lines.append(f"| {r['model']} | {r['size']:.0%} | {r['method']} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} | "
-                     f"{drop:+.2f} | {100 * r['params_kept_fraction_mean']:.1f}% |")
+                     f"{drop:+.2f} | {100 * r['params_kept_fraction_mean']:.1f}% | "
+                     f"{100 * r['macs_kept_fraction_mean']:.1f}% |")
     for model, top1 in dense.items():
         std = next(r["top1_std"] for r in rows if r["model"] == model and r["method"] == "dense")
-        lines.append(f"| {model} | 100% | dense | {top1:.2f} ± {std:.2f} | | 100.0% |")
+        lines.append(f"| {model} | 100% | dense | {top1:.2f} ± {std:.2f} | | 100.0% | 100.0% |")
     return "\n".join(lines) + "\n"
 
 

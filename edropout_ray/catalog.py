@@ -6,6 +6,7 @@ its pruning space and says what would be pruned and whether the exported model m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -93,12 +94,29 @@ def listing() -> str:
 
 def check(spec: str, image_size: int = 64, in_channels: int = 3, num_classes: int = 10) -> str:
     """Build `spec`, its pruning space, and the export of a random state; say what was found."""
+    with _quiet("edropout_ray.pruning.space"):  # the skips are listed in what this returns
+        return _check(spec, image_size, in_channels, num_classes)
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Only errors from logger `name` while the block runs; its level is restored after (a caller's
+    own logging, or a later test's, is left as it was)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check(spec: str, image_size: int, in_channels: int, num_classes: int) -> str:
     from .artifacts.pruned_model import count_parameters
     from .models import build_model
     from .evolution.population import repair_empty_groups
     from .pruning.space import PruningSpace
 
-    logging.getLogger("edropout_ray.pruning.space").setLevel(logging.ERROR)  # the skips are listed below
     torch.manual_seed(0)
     model = build_model(spec, num_classes, in_channels, image_size).double().eval()
     for module in model.modules():  # torchvision's ViT starts with a zero classifier: outputs 0 would hide a mismatch

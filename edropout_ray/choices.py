@@ -19,6 +19,7 @@ OPTIMIZERS = ("adadelta", "sgd", "adam")
 SELECTIONS = ("paired", "rescore", "reference")
 LR_SCHEDULES = ("cosine", "step")
 SCORING_MODES = ("auto", "loop", "vmap", "at_size", "folded")
+COSTS = ("params", "macs")  # what a size target counts: trainable parameters, or multiply-accumulates per sample
 SCORE_PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 EXPORT_FORMATS = ("pt2", "onnx")

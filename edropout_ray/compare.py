@@ -93,9 +93,11 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
         seed = running.pop(done)
         edropout[seed] = report = ray.get(done)
         _progress(f"EDropout done for seed {seed}; running {', '.join(baselines) or 'nothing else'} for it")
-        # held to the parameters (not only the units) that the same seed's EDropout kept
-        size = {"prune_target": report["units_kept_fraction"], "prune_target_params": report["params_kept_fraction"],
-                "kept_per_group": report["kept_per_group"]}
+        # held to the size (not only the units) that the same seed's EDropout kept: its MACs when the
+        # comparison is held to a MACs target, else its parameters
+        kept = {"prune_target_macs": report["macs_kept_fraction"], "prune_target_params": None} \
+            if base.get("prune_target_macs") is not None else {"prune_target_params": report["params_kept_fraction"]}
+        size = {"prune_target": report["units_kept_fraction"], "kept_per_group": report["kept_per_group"]} | kept
         pending |= {(name, seed): launch(name, seed, changes | size) for name, changes in baselines.items()}
     reports = {("edropout", s): edropout[s] for s in seeds}
     reports |= dict(zip(pending, ray.get(list(pending.values()))))

@@ -7,7 +7,6 @@ import difflib
 import functools
 import logging
 import math
-import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 
 from . import choices
 from .choices import EXPORT_FORMATS, did_you_mean, is_object_spec, is_timm_spec
+from .config_values import coerce
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class Config:
     # once the mask freezes the cosine rate goes on from where it is (continue) or starts again from lr and
     # anneals over the steps left (restart: the pruned network fine-tuned as after learning-rate rewinding)
     lr_after_freeze: str = "restart"
-    # with prune_target_params: every group keeps the same share (uniform; the search picks units), or the
-    # search also picks each group's width, every state brought to the target (searched)
+    # with prune_target_params or prune_target_macs: every group keeps the same share (uniform; the search
+    # picks units), or the search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "searched"
     # learner
     optimizer: str = "sgd"
@@ -104,11 +104,12 @@ class Config:
     channel_multiple: int = 8  # every state keeps a multiple of this many units per layer (1: any count)
     device: str = "auto"
     num_workers: int = 0
-    # pruning method: EDropout, or a baseline pruned to `prune_target` (fraction of units kept) or to
-    # `prune_target_params` (fraction of parameters kept)
+    # pruning method: EDropout, or a baseline pruned to `prune_target` (fraction of units kept), to
+    # `prune_target_params` (fraction of parameters kept) or to `prune_target_macs` (fraction of MACs kept)
     method: str = "edropout"
     prune_target: float = 0.5
     prune_target_params: float | None = None  # fraction of trainable parameters; overrides prune_target
+    prune_target_macs: float | None = None  # fraction of MACs per sample at the run's input size; likewise
     dropnet_strategy: str = "min"
     dropnet_fraction: float = 0.2
     dropnet_reset: str = "initial"
@@ -151,7 +152,7 @@ class Config:
         for f in fields(self):
             value = getattr(self, f.name)
             expected = hints[f.name]
-            coerced = _coerce(f.name, value, expected)
+            coerced = coerce(f.name, value, expected)
             object.__setattr__(self, f.name, coerced)
 
     def _check_ranges(self) -> None:
@@ -176,6 +177,11 @@ class Config:
         need(self.prune_target_params is None or 0 < self.prune_target_params <= 1,
              f"prune_target_params (fraction of parameters kept) must be in (0, 1] or null, got "
              f"{self.prune_target_params}")
+        need(self.prune_target_macs is None or 0 < self.prune_target_macs <= 1,
+             f"prune_target_macs (fraction of MACs kept) must be in (0, 1] or null, got {self.prune_target_macs}")
+        need(self.prune_target_params is None or self.prune_target_macs is None,
+             "prune_target_params and prune_target_macs are both set: a run is held to one size; set the other "
+             "to null")
         need(0 < self.dropnet_fraction < 1, f"dropnet_fraction must be in (0, 1), got {self.dropnet_fraction}")
         need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
         need(0 <= self.dense_warmup < 1, f"dense_warmup (share of the run's steps trained dense first) must be in "
@@ -257,6 +263,15 @@ class Config:
         return cls(**values)
 
     @property
+    def size_target(self) -> tuple[str, float] | None:
+        """(cost, fraction) of the size every state is held to ('params' or 'macs'), or None (units)."""
+        if self.prune_target_params is not None:
+            return "params", self.prune_target_params
+        if self.prune_target_macs is not None:
+            return "macs", self.prune_target_macs
+        return None
+
+    @property
     def converge_epoch(self) -> int | None:
         """The first epoch in which the population may freeze (None: never)."""
         if isinstance(self.converge_after, float):
@@ -312,51 +327,6 @@ def _torchvision_models() -> tuple[str, ...]:
     import torchvision
 
     return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
-def _coerce(name: str, value, expected):
-    """Accept a value of the declared type (ints for floats too); anything else is an error."""
-    origin = typing.get_origin(expected)
-    options = typing.get_args(expected) if origin in (typing.Union, types.UnionType) else (expected,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ConfigError(f"{name} must not be null")
-    for option in options:
-        if option is type(None):
-            continue
-        if option is bool:
-            if isinstance(value, bool):
-                return value
-        elif option is int:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif option is float:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str) and _is_exponent_number(value):
-                return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
-        elif option is str:
-            if isinstance(value, str):
-                return value
-        elif typing.get_origin(option) is list:
-            item = typing.get_args(option)[0]
-            if isinstance(value, str):  # `--set export_formats=onnx`: one item
-                value = [value]
-            if isinstance(value, (list, tuple)) and all(isinstance(v, item) for v in value):
-                return list(value)
-        elif isinstance(value, option):
-            return value
-    wanted = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
-
-
-def _is_exponent_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return "e" in text.lower() and math.isfinite(float(text))
 
 
 def parse_override(text: str) -> tuple[str, object]:

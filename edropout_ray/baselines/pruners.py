@@ -21,7 +21,7 @@ from ..training.step import EDropoutEngine
 from ..training.learner import Learner
 from ..training.loop import TrainLoop
 from ..training.run_setup import PrunedRun, RunSetup, steps_per_epoch
-from ..pruning.sizing import fit_to_parameters, parameters_fraction
+from ..pruning.sizing import fit_to_size, size_fraction
 from ..pruning.space import PruningSpace
 from .unit_scores import layer_of_units, mean_abs_activation, weight_l1_norms
 
@@ -99,23 +99,24 @@ def _budget(setup: RunSetup) -> int:
     return setup.config.epochs * steps_per_epoch(setup)
 
 
-def _uniform_unit_fraction(space: PruningSpace, layer: torch.Tensor, params_fraction: float) -> float:
-    """The fraction of units that, kept evenly in every layer, keeps `params_fraction` of the parameters."""
+def _uniform_unit_fraction(space: PruningSpace, layer: torch.Tensor, size: tuple[str, float]) -> float:
+    """The fraction of units that, kept evenly in every layer, keeps `size` (cost, fraction)."""
     order = torch.arange(space.num_units, dtype=torch.float32)
-    state = fit_to_parameters(space, lambda f: keep_top(order, f, layer, per_layer=True), params_fraction)
+    cost, fraction = size
+    state = fit_to_size(space, lambda f: keep_top(order, f, layer, per_layer=True), fraction, cost=cost)
     return float(state.float().mean())
 
 
 def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedRun:
     """Train, remove `dropnet_fraction` of the units by mean activation, reset, repeat to the target.
 
-    The target is `prune_target_params` (parameters) when given, else `prune_target` (units); the
+    The target is the config's size target (parameters or MACs) when given, else `prune_target` (units); the
     last cycle removes exactly what is left to reach it.
     """
     generator = torch.Generator().manual_seed(config.seed)
     layer = layer_of_units(space)
-    by_params = config.prune_target_params
-    keep_fraction = _uniform_unit_fraction(space, layer, by_params) if by_params else config.prune_target
+    size = config.size_target
+    keep_fraction = _uniform_unit_fraction(space, layer, size) if size else config.prune_target
     initial = {k: v.clone() for k, v in space.model.state_dict().items()}
     cycles = max(1, math.ceil(math.log(keep_fraction) / math.log(1 - config.dropnet_fraction))) if keep_fraction < 1 \
         else 0
@@ -138,7 +139,7 @@ def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedR
                                      max_batches=setup.config.max_steps_per_epoch)
         cut = select_to_drop(scores, state, layer, config.dropnet_strategy, config.dropnet_fraction, generator) \
             if cycle < cycles - 1 else None
-        if cut is None or (by_params and parameters_fraction(space, cut) < by_params):
+        if cut is None or (size and size_fraction(space, cut, size[0]) < size[1]):
             # the last cut: exactly to the target (the activation ranking may reach it in fewer cycles
             # than the estimate from an even cut, when it removes the cheaper units first)
             state = _last_cut(space, config, scores, state, layer, keep_fraction, kept, generator)
@@ -151,8 +152,8 @@ def run_dropnet(space: PruningSpace, config: Config, setup: RunSetup) -> PrunedR
 
 def _last_cut(space: PruningSpace, config: Config, scores: torch.Tensor, state: torch.Tensor, layer: torch.Tensor,
               keep_fraction: float, kept: float, generator: torch.Generator) -> torch.Tensor:
-    """The last DropNet cut: to the parameter target by bisection, or to the unit target directly."""
-    if not config.prune_target_params:
+    """The last DropNet cut: to the size target by bisection, or to the unit target directly."""
+    if not config.size_target:
         fraction = min(config.dropnet_fraction, 1 - keep_fraction / kept)
         return select_to_drop(scores, state, layer, config.dropnet_strategy, fraction, generator)
     start = generator.get_state()
@@ -161,7 +162,8 @@ def _last_cut(space: PruningSpace, config: Config, scores: torch.Tensor, state: 
         generator.set_state(start)  # every trial of the bisection draws the same random ranking
         return select_to_drop(scores, state, layer, config.dropnet_strategy, 1 - keep_of_remaining, generator)
 
-    return fit_to_parameters(space, cut, config.prune_target_params)
+    cost, fraction = config.size_target
+    return fit_to_size(space, cut, fraction, cost=cost)
 
 
 def _reset(space: PruningSpace, initial: dict, config: Config, setup: RunSetup, cycle: int) -> None:
@@ -175,7 +177,7 @@ def _reset(space: PruningSpace, initial: dict, config: Config, setup: RunSetup, 
 def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, criterion: str) -> PrunedRun:
     """Train dense for half the budget, keep the best units by `criterion` ('l1' or 'random'), fine-tune.
 
-    Kept: `prune_target_params` of the parameters when given (bisecting the keep fraction of the
+    Kept: the size target (parameters or MACs) when given (bisecting the keep fraction of the
     same ranking), else `prune_target` of the units.
     """
     if criterion not in RANKING_CRITERIA:
@@ -193,8 +195,8 @@ def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, criterion: 
     def state_for(keep_fraction: float) -> torch.Tensor:
         return keep_top(scores, keep_fraction, layer, per_layer=per_layer)
 
-    state = fit_to_parameters(space, state_for, config.prune_target_params) if config.prune_target_params else \
-        state_for(config.prune_target)
+    size = config.size_target
+    state = fit_to_size(space, state_for, size[1], cost=size[0]) if size else state_for(config.prune_target)
     fine_tune, _ = _train(space, config, setup, state, budget - used, None, "fine-tune")
     return PrunedRun(state, rows + fine_tune)
 

@@ -4,7 +4,7 @@ The regularizer and the importances are Torch-Pruning's code (`GroupNormPruner.r
 `GroupMagnitudeImportance`, `GroupTaylorImportance`, through `BasePruner.estimate_importance` on
 Torch-Pruning's own groups of the model). What is kept is decided in the project's pruning space,
 so each method ends with a state that the report, export and latency code measure exactly like
-EDropout's, and is held to `prune_target_params` like the other baselines:
+EDropout's, and is held to the size target (parameters or MACs) like the other baselines:
 
 - a Torch-Pruning group is one of the space's coupled groups (same root layer, same traversal), and
   its per-channel importance becomes the score of the unit of each root channel (the mean over the
@@ -13,7 +13,7 @@ EDropout's, and is held to `prune_target_params` like the other baselines:
   physically pruned model, and pruned units never return;
 - within every group the highest-scoring units are kept, the same fraction in each group
   (Torch-Pruning's default local pruning, `global_pruning=False`), that fraction bisected until
-  the state keeps the parameters asked for (`fit_to_parameters`).
+  the state keeps the size asked for (`fit_to_size`).
 
 Training phases are `pruners._train`: the loop, learner and schedule of every other method, and
 the same total step budget.
@@ -42,7 +42,7 @@ from torch import nn
 from ..config import Config
 from ..pruning.groups import CONVS
 from ..pruning.modes import eval_mode, scoring_mode
-from ..pruning.sizing import fit_to_parameters, parameters_fraction
+from ..pruning.sizing import fit_to_size, kept_summary
 from ..pruning.space import PruningSpace, UnitGroup
 from ..training.run_setup import PrunedRun, RunSetup
 from .pruners import _budget, _train, keep_top
@@ -160,18 +160,18 @@ def accumulate_gradients(space: PruningSpace, state: torch.Tensor, setup: RunSet
         model.train(was_training)
 
 
-def prune_to(space: PruningSpace, scores: torch.Tensor, state: torch.Tensor, params_fraction: float | None,
+def prune_to(space: PruningSpace, scores: torch.Tensor, state: torch.Tensor, size: tuple[str, float] | None,
              units_fraction: float) -> torch.Tensor:
     """A subset of `state` keeping the best-scoring units, the same fraction of every group, sized to
-    `params_fraction` of the parameters (or, when None, to `units_fraction` of the units)."""
+    `size` (cost, fraction: of the parameters or MACs), or when None to `units_fraction` of the units."""
     layer = layer_of_units(space)
     state = state.bool().cpu()
 
     def state_for(keep_fraction: float) -> torch.Tensor:
         return keep_top(scores, keep_fraction, layer, per_layer=True) & state
 
-    if params_fraction is not None:
-        return fit_to_parameters(space, state_for, params_fraction)
+    if size is not None:
+        return fit_to_size(space, state_for, size[1], cost=size[0])
     return state_for(units_fraction)
 
 
@@ -182,9 +182,9 @@ def run_group_norm(space: PruningSpace, config: Config, setup: RunSetup, reg: fl
     all_kept = torch.ones(space.num_units, dtype=torch.bool)
     rows, used = _train(space, config, setup, all_kept, budget // 2, None, "sparse training",
                         after_backward=pruner.regularize)
-    state = prune_to(space, unit_scores(space, pruner, all_kept), all_kept, config.prune_target_params,
+    state = prune_to(space, unit_scores(space, pruner, all_kept), all_kept, config.size_target,
                      config.prune_target)
-    _say(config, f"pruned by group norm: {parameters_fraction(space, state):.1%} of the parameters kept")
+    _say(config, f"pruned by group norm: {kept_summary(space, state)}")
     fine_tune, _ = _train(space, config, setup, state, budget - used, None, "fine-tune")
     return PrunedRun(state, rows + fine_tune)
 
@@ -202,16 +202,16 @@ def run_iterative(space: PruningSpace, config: Config, setup: RunSetup, importan
     state = torch.ones(space.num_units, dtype=torch.bool)
     rows, used = _train(space, config, setup, state, budget // 4, None, "dense")
     # Torch-Pruning's linear schedule of the pruned fraction, here of the parameters (or units)
-    by_params = config.prune_target_params
-    schedule = tp.pruner.algorithms.scheduler.linear_scheduler(1 - (by_params or config.prune_target), rounds)
+    size = config.size_target
+    schedule = tp.pruner.algorithms.scheduler.linear_scheduler(1 - (size[1] if size else config.prune_target), rounds)
     for round_ in range(1, rounds + 1):
         if taylor:
             accumulate_gradients(space, state, setup, _taylor_batches(setup))
         scores = unit_scores(space, pruner, state)
         space.model.zero_grad(set_to_none=True)
         keep = 1 - schedule[round_]
-        state = prune_to(space, scores, state, keep if by_params else None, keep)
-        _say(config, f"round {round_}/{rounds}: {parameters_fraction(space, state):.1%} of the parameters kept")
+        state = prune_to(space, scores, state, (size[0], keep) if size else None, keep)
+        _say(config, f"round {round_}/{rounds}: {kept_summary(space, state)}")
         # the first rounds share the first half of the budget; the last fine-tunes for the rest
         steps = budget - used if round_ == rounds else max(1, (budget // 2 - used) // (rounds - round_))
         phase_rows, taken = _train(space, config, setup, state, steps, None, f"round {round_}")

@@ -21,7 +21,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.func import functional_call
 
-from ..choices import SCORING_MODES
+from ..choices import COSTS, SCORING_MODES
 from .at_size import CompactLayout, depthwise_convs, probe_state, run_at_size
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from .folded import ActivationMask
@@ -30,6 +30,7 @@ from .scoring_options import ScoringOptions
 from ..errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
 from .heads import HeadedAttention, find_attentions
+from .macs import positions_per_weight
 from .modes import eval_mode
 from .removal import prune_physically
 
@@ -96,7 +97,7 @@ class PruningSpace(StateScoring):
         self._folded_problem: str | None | bool = False
         self._activation_masks: tuple[list[ActivationMask], list[ActivationMask]] | None = None
         self._measured: dict[tuple, str] = {}  # (device, input shape, states) -> the mode 'auto' measured fastest
-        self._counter: tuple | None = None  # (trainable names, _parameter_counter's tensors)
+        self._counters: dict[tuple, tuple] = {}  # (cost, trainable names) -> _cost_counter's tensors
 
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
@@ -271,38 +272,55 @@ class PruningSpace(StateScoring):
         return int(self.kept_parameters_of(state.unsqueeze(0))[0])
 
     def kept_parameters_of(self, states: torch.Tensor) -> torch.Tensor:
-        """Trainable parameters kept by each of `states` [S, U], as int64 [S]: a tensor's kept entries
-        are its kept slices along dim 0 times those along dim 1 (its mask is their outer product).
-        Two matrix products over every tensor at once: the sizing of a population calls this a few
-        dozen times per step."""
+        """Trainable parameters kept by each of `states` [S, U], as int64 [S]."""
+        return self.kept_cost_of(states, "params")
+
+    def kept_macs(self, state: torch.Tensor) -> int:
+        """Multiply-accumulates per sample of the exported model of `state` at the example's input size."""
+        return int(self.kept_cost_of(state.unsqueeze(0), "macs")[0])
+
+    def kept_cost_of(self, states: torch.Tensor, cost: str) -> torch.Tensor:
+        """What each of `states` [S, U] keeps of `cost` ('params': trainable parameters; 'macs':
+        multiply-accumulates per sample, pruning/macs.py), as int64 [S]: a tensor's kept entries are its
+        kept slices along dim 0 times those along dim 1 (its mask is their outer product), each entry
+        weighted by what it costs. Two matrix products over every tensor at once: the sizing of a
+        population calls this a few dozen times per step."""
+        if cost not in COSTS:
+            raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
         states = self._check_states(states).cpu()
         extended = torch.cat([states.double(), torch.ones(states.shape[0], 1, dtype=torch.float64)], dim=1)
-        per_slice, out_units, in_units, uncut = self._parameter_counter()
+        per_slice, out_units, in_units, uncut = self._cost_counter(cost)
         kept = per_slice * (extended @ out_units) * (extended @ in_units)  # [S, tensors], exact in float64
         return kept.sum(dim=1).round().long() + uncut
 
-    def _parameter_counter(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Per cut trainable tensor: entries per kept (out, in) slice pair, and the units [U + 1, tensors]
-        that its slices along dims 0 and 1 follow (the always-one bit where a dim is not cut); the
-        entries of the tensors no unit cuts. Built again when which parameters train changes."""
-        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
-        key = tuple(params)
-        if self._counter is None or self._counter[0] != key:
+    def _cost_counter(self, cost: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Per cut trainable tensor: the cost of a kept (out, in) slice pair, and the units [U + 1, tensors]
+        that its slices along dims 0 and 1 follow (the always-one bit where a dim is not cut); the cost
+        of the tensors no unit cuts. Built again when which parameters train changes."""
+        # a frozen layer costs MACs all the same
+        params = {name: p for name, p in self.model.named_parameters() if p.requires_grad or cost == "macs"}
+        key = (cost, tuple(params))
+        if key not in self._counters:
+            # an entry's weight: 1 for parameters; for MACs, the positions a layer's weight is applied at
+            weight = {name: 1.0 for name in params} if cost == "params" else \
+                positions_per_weight(self.model, self.example_inputs)
             sliced = [e for e in self._slices if e.name in params]
             per_slice = torch.ones(len(sliced), dtype=torch.float64)
             units = [torch.zeros(self.num_units + 1, len(sliced), dtype=torch.float64) for _ in range(2)]
             for column, entry in enumerate(sliced):
                 param = params[entry.name]
-                per_slice[column] = param.numel()
+                per_slice[column] = param.numel() * weight.get(entry.name, 0.0)
                 for dim, index in ((0, entry.out_index), (1, entry.in_index)):
                     if index is None:
                         units[dim][self.num_units, column] = 1.0
                     else:
                         per_slice[column] /= param.shape[dim]
                         units[dim][:, column].index_add_(0, index.cpu(), torch.ones(len(index), dtype=torch.float64))
-            uncut = sum(p.numel() for name, p in params.items() if name not in {e.name for e in sliced})
-            self._counter = (key, (per_slice, units[0], units[1], uncut))
-        return self._counter[1]
+            cut = {e.name for e in sliced}
+            uncut = round(sum(p.numel() * weight.get(name, 0.0) for name, p in params.items() if name not in cut))
+            self._counters = {k: v for k, v in self._counters.items() if k[0] != cost}  # a stale one
+            self._counters[key] = (per_slice, units[0], units[1], uncut)
+        return self._counters[key]
 
     # ---- forwards --------------------------------------------------------------------------
     def masked_forward(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from .contract import LearnerContract, StepResult
 from .learner import Learner
 from ..evolution.population import (Population, diversity, reference_operator, repair_empty_groups,
                                     round_kept_counts, set_kept_counts)
-from ..pruning.sizing import counts_for_parameters, fit_states_to_parameters
+from ..pruning.sizing import counts_for_size, fit_states_to_size
 from ..pruning.space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # energies on the CPU
@@ -83,9 +83,10 @@ class EDropoutEngine:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.population = Population.initial(config.population_size, space.num_units, config.p_init,
                                              space.group_sizes, self.generator)
-        # prune_target_params: every state keeps the same number of units per group, the search picks which
-        self.target = config.prune_target_params if config.method == "edropout" else None
-        self.kept_counts = counts_for_parameters(space, self.target, config.channel_multiple) \
+        # a size target (cost, fraction): every state is brought to it, with the same number of units per
+        # group (uniform widths, the search picks which units) or with widths of its own (searched)
+        self.target = config.size_target if config.method == "edropout" else None
+        self.kept_counts = counts_for_size(space, self.target[1], config.channel_multiple, cost=self.target[0]) \
             if self.target and config.layer_widths == "uniform" else None
         self.population.states = self._sized(self.population.states)
         self.learner: LearnerContract = learner or Learner(space, config, total_steps=total_steps)
@@ -112,8 +113,9 @@ class EDropoutEngine:
 
     def _sized(self, states: torch.Tensor) -> torch.Tensor:
         if self.target and self.kept_counts is None:  # widths searched
-            return fit_states_to_parameters(self.space, states, self.target, self.generator,
-                                            self.config.channel_multiple)
+            cost, fraction = self.target
+            return fit_states_to_size(self.space, states, fraction, self.generator, self.config.channel_multiple,
+                                      cost=cost)
         if self.kept_counts is not None:
             return set_kept_counts(states, self.space.group_sizes, self.kept_counts, self.generator)
         return round_kept_counts(states, self.space.group_sizes, self.config.channel_multiple, self.generator)

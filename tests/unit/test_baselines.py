@@ -105,22 +105,23 @@ def test_l1_norms_and_keep_top(known_space):
     assert overall.nonzero().squeeze(1).tolist() == [3, 4, 5, 6]  # top 3 overall, plus one so layer 2 lives
 
 
-@pytest.mark.parametrize("method", ["l1", "random", "dropnet"])
-def test_baselines_keep_the_parameters_asked_for_within_the_same_steps(method, monkeypatch):
-    """What `compare` relies on: a baseline held to EDropout's parameters, trained for its steps."""
+@pytest.mark.parametrize("method, cost", [("l1", "params"), ("random", "params"), ("dropnet", "params"),
+                                          ("l1", "macs"), ("dropnet", "macs")])
+def test_baselines_keep_the_size_asked_for_within_the_same_steps(method, cost, monkeypatch):
+    """What `compare` relies on: a baseline held to EDropout's parameters (or MACs), trained for its steps."""
     from edropout_ray.training.learner import Learner
     from edropout_ray.training.run_setup import prepare
-    from edropout_ray.pruning.sizing import parameters_fraction
+    from edropout_ray.pruning.sizing import size_fraction
 
     steps = []
     step = Learner.step
     monkeypatch.setattr(Learner, "step", lambda self, *args: steps.append(1) or step(self, *args))
     config = Config(model="edropout_ray.models:small_cnn", method=method, epochs=3, max_steps_per_epoch=4,
-                    batch_size=32, prune_target_params=0.3, dropnet_patience=1, seed=2)
+                    batch_size=32, dropnet_patience=1, seed=2, **{f"prune_target_{cost}": 0.3})
     setup = prepare(config)
     space = PruningSpace(setup.new_model(), setup.example_inputs())
     pruned = run_baseline(space, config, setup)
-    assert parameters_fraction(space, pruned.state) == pytest.approx(0.3, abs=0.02)
+    assert size_fraction(space, pruned.state, cost) == pytest.approx(0.3, abs=0.02)
     budget = 3 * 4
     if method == "dropnet":  # phases of whole steps: rounding loses at most one step per cycle
         assert budget - 8 <= len(steps) <= budget

@@ -222,19 +222,19 @@ def test_train_top_draws_the_learners_state_from_the_best_few(digits_batch):
     assert len({tuple(s.tolist()) for s in trained}) > 1
 
 
-@pytest.mark.parametrize("target", [0.5, 0.25])
+@pytest.mark.parametrize("cost, target", [("params", 0.5), ("params", 0.25), ("macs", 0.25)])
 @pytest.mark.parametrize("widths", ["uniform", "searched"])
-def test_prune_target_params_holds_every_state_to_the_size(digits_batch, target, widths):
+def test_a_size_target_holds_every_state_to_the_size(digits_batch, cost, target, widths):
     from edropout_ray.evolution.population import kept_per_group
-    from edropout_ray.pruning.sizing import parameters_fraction
+    from edropout_ray.pruning.sizing import size_fraction
 
     x, y = digits_batch
-    engine = make_engine(Config(seed=0, prune_target_params=target, layer_widths=widths), x)
+    engine = make_engine(Config(seed=0, layer_widths=widths, **{f"prune_target_{cost}": target}), x)
     widths_seen = set()
     for _ in range(4):
         engine.step(x, y, epoch=0)
         for state in engine.population.states:
-            assert abs(parameters_fraction(engine.space, state) - target) < 0.02
+            assert abs(size_fraction(engine.space, state, cost) - target) < 0.02
             widths_seen.add(tuple(kept_per_group(state, engine.space.group_sizes).tolist()))
     assert (len(widths_seen) == 1) == (widths == "uniform")  # searched: states differ in their layers' widths
 

@@ -17,7 +17,7 @@ MAX_TOP_LEVEL_MODULES = 12
 # Bottom to top: a module may import its own layer and the layers below, never one above. A name is a
 # top-level module or a subpackage (all of its modules); "" is the package's own __init__.
 LAYERS = (
-    ("errors", "choices", "imports", "config", "models"),
+    ("errors", "choices", "imports", "config_values", "config", "models"),
     ("data",),
     ("evolution",),
     ("pruning",),

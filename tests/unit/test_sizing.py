@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from edropout_ray.models import lenet5
-from edropout_ray.pruning.sizing import fit_to_parameters, parameters_fraction
+from edropout_ray.pruning.sizing import fit_to_size, parameters_fraction
 from edropout_ray.pruning.space import PruningSpace
 
 
@@ -30,7 +30,7 @@ def per_layer_rule(space, scores):
 
 @pytest.mark.parametrize("target", [0.1, 0.225, 0.5, 0.8])
 def test_the_fitted_state_keeps_the_parameters_asked_for(space, target):
-    state = fit_to_parameters(space, per_layer_rule(space, torch.rand(space.num_units)), target)
+    state = fit_to_size(space, per_layer_rule(space, torch.rand(space.num_units)), target)
     assert abs(parameters_fraction(space, state) - target) < 0.01
     exported = space.export(state)
     kept = sum(p.numel() for p in exported.parameters())
@@ -39,16 +39,16 @@ def test_the_fitted_state_keeps_the_parameters_asked_for(space, target):
 
 def test_a_target_outside_the_unit_interval_is_refused(space):
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
-        fit_to_parameters(space, per_layer_rule(space, torch.rand(space.num_units)), 1.5)
+        fit_to_size(space, per_layer_rule(space, torch.rand(space.num_units)), 1.5)
 
 
 @pytest.mark.parametrize("target", [0.5, 0.25])
 @pytest.mark.parametrize("multiple", [1, 8])
 def test_counts_for_parameters_keep_the_target_whichever_units(space, target, multiple):
     from edropout_ray.evolution.population import set_kept_counts
-    from edropout_ray.pruning.sizing import counts_for_parameters
+    from edropout_ray.pruning.sizing import counts_for_size
 
-    counts = counts_for_parameters(space, target, multiple)
+    counts = counts_for_size(space, target, multiple)
     assert len(counts) == len(space.group_sizes) and bool((counts >= 1).all())
     none_kept = torch.zeros(3, space.num_units, dtype=torch.bool)
     states = set_kept_counts(none_kept, space.group_sizes, counts, torch.Generator().manual_seed(0))
@@ -64,12 +64,12 @@ def test_searched_widths_come_in_blocks_of_eight_where_the_target_allows(name):
     groups (64 to 512 channels) always allow it."""
     from helpers import random_states, space_of
     from edropout_ray.evolution.population import kept_per_group
-    from edropout_ray.pruning.sizing import ROUNDED_FIT_TOLERANCE, fit_states_to_parameters
+    from edropout_ray.pruning.sizing import ROUNDED_FIT_TOLERANCE, fit_states_to_size
 
     space = space_of(name)
     states = random_states(space, 12, p_keep=0.7, seed=0)
-    exact = fit_states_to_parameters(space, states, 0.4, torch.Generator().manual_seed(1))
-    rounded = fit_states_to_parameters(space, states, 0.4, torch.Generator().manual_seed(1), multiple=8)
+    exact = fit_states_to_size(space, states, 0.4, torch.Generator().manual_seed(1))
+    rounded = fit_states_to_size(space, states, 0.4, torch.Generator().manual_seed(1), multiple=8)
     sizes = torch.tensor(space.group_sizes)
     in_blocks = 0
     for state, exact_state in zip(rounded, exact):

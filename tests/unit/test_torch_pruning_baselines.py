@@ -12,15 +12,16 @@ from torch import nn
 from edropout_ray.baselines import torch_pruning as tpb
 from edropout_ray.baselines.registry import run_baseline
 from edropout_ray.config import Config
-from edropout_ray.pruning.sizing import parameters_fraction
+from edropout_ray.pruning.sizing import parameters_fraction, size_fraction
 from edropout_ray.pruning.space import PruningSpace
 from edropout_ray.training.learner import Learner
 from edropout_ray.training.run_setup import prepare
 
 
 def _digits(method: str, **changes):
+    changes = {"prune_target_params": 0.3} | changes
     config = Config(model="edropout_ray.models:small_cnn", method=method, epochs=3, max_steps_per_epoch=4,
-                    batch_size=32, prune_target_params=0.3, seed=2, **changes)
+                    batch_size=32, seed=2, **changes)
     setup = prepare(config)
     return config, setup, PruningSpace(setup.new_model(), setup.example_inputs())
 
@@ -156,3 +157,10 @@ def test_learner_hook_runs_between_backward_and_step_on_the_dense_model():
     assert seen == [True]
     for name, value in space.model.named_parameters():
         assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("method", ["tp_group_norm", "tp_magnitude"])
+def test_torch_pruning_pipelines_hold_a_macs_target(method):
+    config, setup, space = _digits(method, prune_target_params=None, prune_target_macs=0.3)
+    pruned = run_baseline(space, config, setup)
+    assert size_fraction(space, pruned.state, "macs") == pytest.approx(0.3, abs=0.02)
