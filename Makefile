@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install benchmark docker-build clean
+.PHONY: demo test test-all install benchmark docker-build clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ demo: $(STAMP)
 	$(BIN)/edropout-ray train --config jobs/demo.yaml --output runs/demo
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra --durations=25 -m "not extended"
+
+# everything, with the multi-node cluster rehearsal and PBT, Parquet streaming end to end, compare --resume and a killed sweep trial (tests marked `extended`): about 10 minutes more
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=25
 
 benchmark: $(STAMP)

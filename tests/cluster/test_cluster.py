@@ -20,7 +20,7 @@ import yaml
 
 from helpers import write_digits_as_fashion_mnist
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]  # 6 minutes: make test-all, not CI's make test
 ROOT = Path(__file__).parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 # what a run leaves in its output; none of it may be found on the head's disk

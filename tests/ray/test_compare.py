@@ -23,7 +23,8 @@ def comparison(tmp_path_factory, s3_endpoint):
     bucket = S3Bucket.create(s3_endpoint)
     done = subprocess.run(
         [sys.executable, "-m", "edropout_ray", "compare", "--output", bucket.uri("compare"), "--seeds", "0,1,2",
-         "--set", "epochs=3", "--set", "max_steps_per_epoch=3", "--set", "dense_baseline=true"],
+         "--set", "epochs=3", "--set", "max_steps_per_epoch=3", "--set", "dense_baseline=true",
+         "--set", "latency_batches=[]", "--set", "report_extra_masks=false"],  # 30 runs: only what this tests
         capture_output=True, text=True, timeout=900, env={**os.environ, **S3_ENV})
     assert done.returncode == 0, done.stderr[-3000:]
     output = tmp_path_factory.mktemp("compare")
@@ -67,6 +68,7 @@ def test_every_methods_exported_model_matches_its_masked_model(comparison):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 55 s: make test-all
 def test_resume_reuses_finished_runs_and_runs_the_others(tmp_path):
     """`compare --resume DIR`: a (method, seed) whose report is written is not run again (its files untouched,
     the log says it is reused); one without runs; the tables hold every run."""

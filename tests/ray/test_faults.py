@@ -104,7 +104,7 @@ def test_the_ray_exit_signature_is_read_from_the_drivers_own_log(tmp_path):
 
 
 SWEEP = """
-base: {epochs: 40, max_steps_per_epoch: 3, batch_size: 64, seed: 3}  # long enough that the kill lands mid-run
+base: {epochs: 40, max_steps_per_epoch: 3, batch_size: 64, seed: 3, latency_batches: []}  # long enough that the kill lands mid-run
 search:
   population_size: {grid: [4, 4]}
 max_failures: 2
@@ -125,6 +125,7 @@ def pid_of_a_trial_mid_run(tune_dir, last_epoch: int) -> int | None:
     return None
 
 
+@pytest.mark.extended  # 50 s: make test-all (tests/cluster kills a trial on a cluster too)
 def test_a_killed_trial_restarts_from_its_checkpoint_and_ends_as_its_twin(tmp_path, private_ray_env):
     """Two identical trials; one trial's worker process is killed after the first checkpoints. Tune restarts
     it from that checkpoint (max_failures), and it ends with exactly its untouched twin's results."""

@@ -11,7 +11,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
-SHORT = ["--set", "shards=2", "--set", "epochs=1", "--set", "max_steps_per_epoch=3", "--quiet"]
+SHORT = ["--set", "shards=2", "--set", "epochs=1", "--set", "max_steps_per_epoch=3", "--quiet",
+         "--set", "latency_batches=[]", "--set", "report_extra_masks=false"]
 
 
 def test_train_joins_a_running_cluster(ray_head, tmp_path):

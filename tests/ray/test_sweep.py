@@ -19,7 +19,7 @@ from edropout_ray.sweep import SweepSpec, pareto_front, trial_resources
 from edropout_ray.config import Config
 
 SWEEP = """
-base: {epochs: EPOCHS, max_steps_per_epoch: 3, converge_after: 1, batch_size: 64}
+base: {epochs: EPOCHS, max_steps_per_epoch: 3, converge_after: 1, batch_size: 64, latency_batches: []}
 search:
   population_size: {grid: [4, 6]}
   temperature: {grid: [0.0, 1.0]}
@@ -100,7 +100,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
 PBT = """
 # PBT exploits only between trials alive at once: 8 steps an epoch keep a trial running for a couple of
 # seconds per epoch, much longer than a late start of the other trial's worker on a loaded machine
-base: {epochs: 12, max_steps_per_epoch: 8, converge_after: 3, batch_size: 64}
+base: {epochs: 12, max_steps_per_epoch: 8, converge_after: 3, batch_size: 64, latency_batches: []}
 search:
   temperature: {grid: [0.5, 2.0]}
 scheduler: pbt
@@ -111,6 +111,7 @@ mutations:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 1.5 minutes: make test-all
 def test_population_based_training_exploits_and_mutates(tmp_path):
     path = tmp_path / "pbt.yaml"
     path.write_text(PBT)
