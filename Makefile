@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=25 -m "not extended"
 
-# everything, with the multi-node cluster rehearsal and PBT, Parquet streaming end to end, compare --resume and a killed sweep trial (tests marked `extended`): about 10 minutes more
+# everything, with the multi-node cluster rehearsal and PBT, Parquet streaming end to end, sweep and compare --resume and a killed sweep trial (tests marked `extended`): about 11 minutes more
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=25
 

@@ -71,6 +71,7 @@ def test_small_sweep_writes_table_plot_and_best_model_into_a_bucket(tmp_path, s3
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 75 s: make test-all (tests/cluster resumes a sweep from a bucket too)
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path):
     output = tmp_path / "out"
     epochs = 12  # the last trial still runs for a while after the first finishes, even on a fast machine
