@@ -48,6 +48,7 @@ def ray_driver_exit(ray_tmpdir: str, pid: int) -> str | None:
     return None
 
 
+@pytest.mark.extended  # 33 s: make test-all
 def test_a_killed_ray_stops_the_run_with_the_resume_command(tmp_path, private_ray_env):
     """Kill every process of the local Ray a run started (GCS, raylet, actors) mid-run: the driver stops
     with one line naming the loss and the --resume command, exit code 3 (or Ray's core worker ends it

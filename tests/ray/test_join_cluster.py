@@ -15,6 +15,7 @@ SHORT = ["--set", "shards=2", "--set", "epochs=1", "--set", "max_steps_per_epoch
          "--set", "latency_batches=[]", "--set", "report_extra_masks=false"]
 
 
+@pytest.mark.extended  # 28 s: make test-all (the ray job submit test below joins the same cluster)
 def test_train_joins_a_running_cluster(ray_head, tmp_path):
     address, _, env = ray_head
     output = tmp_path / "out"

@@ -109,6 +109,7 @@ def test_a_driver_on_a_node_without_cpus_runs_the_whole_run_as_a_task(tmp_path, 
                          tmp_path / "bad", progress=False)
 
 
+@pytest.mark.extended  # 35 s: make test-all (the dense baseline's placement test below stays in make test)
 def test_shards_and_the_learner_compute_on_the_gpus_they_hold():
     """Several shards and the learner on one GPU (fractions), and the learner on a whole GPU: each
     actor computes on the GPU Ray gave it. This machine has no CUDA, so each says so by name, with

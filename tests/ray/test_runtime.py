@@ -78,7 +78,8 @@ def test_a_killed_shard_is_replaced_and_nothing_is_lost(one_shard):
     assert [r.best_energy for r in rows] == [r.best_energy for r in rows_1]
 
 
-@pytest.mark.parametrize("step", [2, 5], ids=["before-the-first-checkpoint", "two-steps-after-one"])
+@pytest.mark.parametrize("step", [pytest.param(2, id="before-the-first-checkpoint", marks=pytest.mark.extended),
+                                  pytest.param(5, id="two-steps-after-one")])  # 23 s each: one in make test
 def test_a_killed_learner_restarts_from_its_checkpoint_and_replays(one_shard, tmp_path, step):
     """Kill the learner actor after a given step (checkpoints every 3): Ray restarts it, the proxy loads
     the latest checkpoint's state and replays the steps since; the run ends as the uninterrupted one,

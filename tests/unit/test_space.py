@@ -103,9 +103,9 @@ def test_scoring_changes_no_weights_or_statistics(model_name, scoring):
 @pytest.mark.parametrize("optimizer", ["sgd", "adadelta"])
 def test_learner_step_never_moves_pruned_units(model_name, optimizer, at_size):
     """Invariant 4: gradients, weight decay and momentum leave pruned units' parameters unchanged."""
-    if model_name == "vgg11_bn" and optimizer == "adadelta":
-        pytest.skip("adadelta is checked on the seven other models; VGG-11's 120M-weight classifier takes 25 s "
-                    "a run here (CI's 25 minutes)")
+    if model_name == "vgg11_bn" and (optimizer == "adadelta" or not at_size):
+        pytest.skip("adadelta and masked steps are checked on the seven other models; VGG-11's 120M-weight "
+                    "classifier takes 20 s a run here (CI's 25 minutes)")
     space = copy.deepcopy(space_of(model_name))  # the step changes weights: keep the shared one clean
     config = Config(optimizer=optimizer, lr=0.1 if optimizer == "sgd" else 1.0, weight_decay=1e-2, momentum=0.9,
                     train_at_size=at_size)
