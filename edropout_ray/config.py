@@ -125,6 +125,7 @@ class Config:
     shards_start_ahead: int = 20  # steps before the dense warm-up ends at which the shards are started
     learner_cpus: float = 1.0
     learner_gpus: float = 0.0
+    learner_workers: int = 1  # data-parallel learner processes (each learner_cpus, learner_gpus); needs shards >= 1
     # checkpoints: every N steps (0 = never) into the output folder, for --resume
     checkpoint_every: int = 0
     # files of the pruned model: pt2 (torch.export), onnx (checked by ONNX Runtime)
@@ -212,6 +213,13 @@ class Config:
         for name in ("shard_cpus", "shard_gpus", "learner_cpus", "learner_gpus"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0 (0 = never), got {self.checkpoint_every}")
+        need(self.learner_workers >= 1, f"learner_workers must be >= 1, got {self.learner_workers}")
+        need(self.learner_workers == 1 or self.shards >= 1,
+             f"learner_workers: {self.learner_workers} needs the Ray runtime: set shards >= 1 (with shards: 0 the run "
+             "is one process)")
+        need(self.batch_size >= self.learner_workers,
+             f"batch_size ({self.batch_size}) must be at least learner_workers ({self.learner_workers}): the global "
+             "batch is split over them")
         need(self.learner_restarts >= 0, f"learner_restarts must be >= 0, got {self.learner_restarts}")
         for name in ("liveness_timeout", "restart_timeout"):
             need(getattr(self, name) > 0, f"{name} must be a number of seconds > 0, got {getattr(self, name)}")

@@ -193,3 +193,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def double_mlp(num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """A float64 MLP (a `helpers:double_mlp` model spec): runs whose results are compared to 1e-10."""
+    features = in_channels * image_size * image_size
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes)).double()

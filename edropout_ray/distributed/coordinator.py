@@ -22,6 +22,7 @@ from ..config import Config
 from ..training.contract import StepResult
 from ..training.step import EDropoutEngine, PendingStep
 from .learner_actor import LearnerWorker, RemoteLearner
+from .learner_group import LearnerGroup
 from .liveness import Liveness
 from ..models import ModelRecipe
 from .shard import ShardPool, ShardWorker, WeightsLost
@@ -90,7 +91,7 @@ class DistributedEngine(EDropoutEngine):
         """report.json's `resources`: the learner's and every shard's time held and busy so far (shards
         still running are ended first: call it when the run is over)."""
         self.pool.stop()
-        return summarize([self.learner.usage(), *self.pool.usage])
+        return summarize([*self.learner.usage(), *self.pool.usage])
 
     def close(self) -> None:
         self.pool.close()
@@ -124,19 +125,27 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
 
 def _start_learner(space: PruningSpace, config: Config, recipe: ModelRecipe, pool: ShardPool, liveness: Liveness,
                    total_steps: int | None) -> RemoteLearner:
-    """The learner actor with the driver's weights, behind its proxy."""
+    """The learner's `learner_workers` actors with the driver's weights, behind their proxy. One worker is
+    restarted by Ray when lost; a group is started again as a whole by LearnerGroup (max_restarts 0)."""
     weights = {k: v.detach().cpu() for k, v in space.model.state_dict().items()}
     # without checkpoints there is no state to restart a learner from: better stop than restart it empty
     recoverable = config.checkpoint_every > 0 and config.learner_restarts > 0
+    ray_restarts = config.learner_restarts if recoverable and config.learner_workers == 1 else 0
     learner_actor = ray.remote(LearnerWorker).options(num_cpus=config.learner_cpus, num_gpus=config.learner_gpus,
-                                                      max_restarts=config.learner_restarts if recoverable else 0)
-    weights_ref = ray.put(weights)
-    actor = learner_actor.remote(recipe, space.example_inputs.cpu(), config, weights_ref,
-                                 "cuda" if config.learner_gpus > 0 else "cpu", total_steps)
-    try:
-        liveness.started(actor.ping.remote(), "the learner to start")
-    except BaseException:
-        ray.kill(actor)
-        raise
-    return RemoteLearner(actor, pool, config.sync_every, liveness, recoverable=recoverable, keep=(weights_ref,),
+                                                      max_restarts=ray_restarts)
+    weights_ref = ray.put(weights)  # kept by the closure: a restarted worker is built from the same object
+    example = space.example_inputs.cpu()
+    device = "cuda" if config.learner_gpus > 0 else "cpu"
+
+    def start_worker():
+        return learner_actor.remote(recipe, example, config, weights_ref, device, total_steps)
+
+    group = LearnerGroup(start_worker, config.learner_workers, liveness,
+                         restarts=config.learner_restarts if recoverable else 0,
+                         backend="nccl" if config.learner_gpus > 0 else "gloo",
                          resources=(config.learner_cpus, config.learner_gpus))
+    try:
+        return RemoteLearner(group, pool, config.sync_every, liveness, recoverable=recoverable)
+    except BaseException:
+        group.kill()
+        raise

@@ -14,7 +14,6 @@ checkpoint fetched it anyway); the batches since then are kept there too, as ref
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +24,8 @@ import torch
 from ..config import Config
 from ..training.contract import StepResult
 from ..training.learner import Learner
+from .data_parallel import GradientAverage, PeerLost, free_address, join_group, leave_group
+from .learner_group import BatchPart, LearnerGroup, combine, split_batch
 from .liveness import ActorLostError, Liveness
 from .placement import actor_device, computing_on
 from ..models import ModelRecipe
@@ -77,6 +78,25 @@ class LearnerWorker:
         with self.clock.busy():
             return learner.step(state.to(self.device), x.to(self.device), y.to(self.device))
 
+    # ---- one worker of a data-parallel learner (learner_group.py) --------------------------------
+    def rendezvous(self, local: bool) -> str:
+        """Rank 0's 'host:port' for the group's store."""
+        return free_address(local)
+
+    def join(self, rank: int, size: int, address: str, backend: str, timeout_s: float) -> None:
+        """Join the group; from now on every step averages its gradients with the other workers'."""
+        join_group(rank, size, address, backend, timeout_s)
+        self.averager = GradientAverage()
+        self.learner.before_update = self.averager
+
+    def step_part(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor, share: float) -> StepResult:
+        """A step on this worker's part of the global batch (`share` of it), averaged over the group."""
+        self.averager.share = share
+        return self.step(state, x, y)
+
+    def leave(self) -> None:
+        leave_group()
+
     def end_epoch(self) -> None:
         self._ready().end_epoch()
 
@@ -111,25 +131,24 @@ class LearnerWorker:
 
 @dataclass(frozen=True)
 class ReplayedStep:
-    """A step sent to the actor: its state and its batch's object refs (kept until the next checkpoint)."""
+    """A step sent to the workers: its state and its batch's parts (object refs, kept until the next checkpoint)."""
     state: torch.Tensor
-    x_ref: "ray.ObjectRef"
-    y_ref: "ray.ObjectRef"
+    parts: list[BatchPart]
 
-    def send(self, actor) -> "ray.ObjectRef":
-        return actor.step.remote(self.state, self.x_ref, self.y_ref)
+    def send(self, group: LearnerGroup) -> list:
+        return group.step(self.state, self.parts)
 
 
 @dataclass(frozen=True)
 class ReplayedEpochEnd:
-    def send(self, actor) -> "ray.ObjectRef":
-        return actor.end_epoch.remote()
+    def send(self, group: LearnerGroup) -> list:
+        return group.each("end_epoch")
 
 
 @dataclass(frozen=True)
 class ReplayedScheduleRestart:
-    def send(self, actor) -> "ray.ObjectRef":
-        return actor.restart_schedule.remote()
+    def send(self, group: LearnerGroup) -> list:
+        return group.each("restart_schedule")
 
 
 @dataclass(frozen=True)
@@ -141,43 +160,48 @@ ReplayEntry = ReplayedStep | ReplayedEpochEnd | ReplayedScheduleRestart | Publis
 
 
 class RemoteStep:
-    """A step running on the learner actor (a PendingStep): `result()` waits, recovering a lost actor."""
+    """A step running on the learner's workers (a PendingStep): `result()` waits, recovering a lost worker."""
 
-    def __init__(self, learner: "RemoteLearner", future: "ray.ObjectRef"):
-        self.learner, self.future = learner, future
+    def __init__(self, learner: "RemoteLearner", future: list, shares: list[float]):
+        self.learner, self.future, self.shares = learner, future, shares
 
     def result(self) -> StepResult:
-        return self.learner.result(self.future)
+        return combine(self.learner.result(self.future), self.shares)
 
 
-# errors that mean "the actor lost its state": it died (and may be restarting), or it came back empty
-LOST = (ray.exceptions.RayActorError, LearnerRestarted)
+# errors that mean "the learner lost its state": a worker died (and may be restarting), came back empty,
+# or saw another worker of its group go
+LOST = (ray.exceptions.RayActorError, LearnerRestarted, PeerLost)
 
 
 class RemoteLearner:
-    """Drives a LearnerWorker actor; publishes its weights to `pool` every `sync_every` steps.
+    """Drives the learner's workers (a LearnerGroup); publishes rank 0's weights to `pool` every
+    `sync_every` steps.
 
     With `recoverable`, it keeps a replay log: the calls since the last checkpoint's learner state
-    (steps with their state and batch, epoch ends, the last publish). When the actor is lost, Ray
-    restarts it (`max_restarts`), and `recover` loads that state and replays the log.
+    (steps with their state and batch, epoch ends, the last publish). When a worker is lost, the group
+    is restarted (by Ray for one worker, as a whole for several), and `recover` loads that state into
+    every worker and replays the log.
     """
 
-    def __init__(self, actor, pool: ShardPool, sync_every: int, liveness: Liveness | None = None,
-                 recoverable: bool = False, keep: tuple = (), resources: tuple[float, float] = (1.0, 0.0)):
-        self.actor, self.pool, self.sync_every = actor, pool, sync_every
-        self.started_at = time.monotonic()
-        self.resources = resources
-        self.keep = keep  # the actor's constructor arguments in the object store: Ray restarts it with them
+    def __init__(self, group: LearnerGroup, pool: ShardPool, sync_every: int, liveness: Liveness | None = None,
+                 recoverable: bool = False):
+        self.group, self.pool, self.sync_every = group, pool, sync_every
         self.liveness = liveness or Liveness()
         self.recoverable = recoverable
         self.steps = 0
         self.recoveries = 0
         self.log: list[ReplayEntry] = []
         self.snapshot_ref: ray.ObjectRef | None = None
-        self.last_future: ray.ObjectRef | None = None
+        self.last_future: list | None = None
         if recoverable:  # the state at step 0, until the first checkpoint replaces it
             self.snapshot_ref = ray.put(self._read("state_dict"))
         self.publish()
+
+    @property
+    def actor(self):
+        """Rank 0's actor: the one that hands out weights and state."""
+        return self.group.workers[0]
 
     # ---- the learner contract, and publishing ---------------------------------------------------
     def publish(self) -> None:
@@ -195,13 +219,13 @@ class RemoteLearner:
     def step_async(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> RemoteStep:
         """Start a step without publishing its weights: the caller decides when shards get them."""
         self.steps += 1
-        entry = ReplayedStep(state.cpu(), ray.put(x.cpu()), ray.put(y.cpu()))
+        entry = ReplayedStep(state.cpu(), split_batch(x.cpu(), y.cpu(), self.group.size))
         self._log(entry)
-        self.last_future = entry.send(self.actor)
-        return RemoteStep(self, self.last_future)
+        self.last_future = entry.send(self.group)
+        return RemoteStep(self, self.last_future, [share for _, _, share in entry.parts])
 
-    def result(self, future: "ray.ObjectRef") -> StepResult:
-        """The step's result; if the actor was lost meanwhile, recover it and take the replayed one."""
+    def result(self, future: list) -> list[StepResult]:
+        """The workers' results of a step; if a worker was lost meanwhile, recover and take the replayed ones."""
         while True:
             try:
                 return self.liveness.get(future, "the learner's step")
@@ -218,15 +242,14 @@ class RemoteLearner:
 
     def end_epoch(self) -> None:
         self._log(ReplayedEpochEnd())
-        future = self.actor.end_epoch.remote()
         try:
-            self.liveness.get(future, "the learner's end of epoch")
+            self.liveness.get(self.group.each("end_epoch"), "the learner's end of epoch")
         except LOST as error:
             self.recover(error)  # the replay ends the epoch
 
     def restart_schedule(self) -> None:
         self._log(ReplayedScheduleRestart())
-        self._read("restart_schedule")
+        self._call("restart_schedule")
 
     def learning_rate(self) -> float:
         return self._read("learning_rate")
@@ -251,25 +274,18 @@ class RemoteLearner:
         self.log = [Published()] if published_now else []
 
     def load_state_dict(self, state: dict) -> None:
-        self.liveness.get(self.actor.load_state_dict.remote(state), "the learner's state")
+        state_ref = ray.put(state)
+        self.liveness.get(self.group.each("load_state_dict", state_ref), "the learner's state")
         if self.recoverable:
-            self.snapshot_ref, self.log = ray.put(state), []
+            self.snapshot_ref, self.log = state_ref, []
         self.publish()
 
-    def usage(self) -> ProcessUsage:
-        """Its time held and busy (busy since its last restart: a restart loses the count before it)."""
-        try:
-            busy = self.liveness.get(self.actor.busy_seconds.remote(), "the learner's busy time", deadline_s=10.0)
-        except Exception:  # lost, or the cluster is gone: its time is lost with it
-            busy = 0.0
-        cpus, gpus = self.resources
-        return ProcessUsage("learner", 0, cpus, gpus, held_s=time.monotonic() - self.started_at, busy_s=busy)
+    def usage(self) -> list[ProcessUsage]:
+        """Each worker's time held and busy."""
+        return self.group.usage()
 
     def close(self) -> None:
-        try:
-            ray.kill(self.actor)
-        except Exception:  # the cluster is already gone
-            pass
+        self.group.kill()
 
     # ---- recovery ------------------------------------------------------------------------------
     def _log(self, entry: ReplayEntry) -> None:
@@ -277,15 +293,23 @@ class RemoteLearner:
             self.log.append(entry)
 
     def _read(self, method: str):
+        """`method`'s answer from rank 0, recovering a lost learner."""
         while True:
             try:
-                return self.liveness.get(getattr(self.actor, method).remote(), "the learner")
+                return self.liveness.get(self.group.first(method), "the learner")[0]
             except LOST as error:
                 self.recover(error)
 
+    def _call(self, method: str) -> None:
+        """`method` on every worker, recovering a lost learner (the replay makes the call again)."""
+        try:
+            self.liveness.get(self.group.each(method), "the learner")
+        except LOST as error:
+            self.recover(error)
+
     def recover(self, cause: BaseException) -> None:
-        """Wait for Ray's restart of the actor, load the latest checkpoint's state, replay the log."""
-        if isinstance(cause, ray.exceptions.RayTaskError) and not isinstance(cause, LearnerRestarted):
+        """Restart the lost learner, load the latest checkpoint's state, replay the log."""
+        if isinstance(cause, ray.exceptions.RayTaskError) and not isinstance(cause, (LearnerRestarted, PeerLost)):
             raise cause  # a bug in a step, not a lost actor
         self.liveness.check_cluster("the learner")  # the whole cluster gone: say so, not "the learner"
         if not self.recoverable:
@@ -296,34 +320,17 @@ class RemoteLearner:
         steps = sum(1 for entry in self.log if isinstance(entry, ReplayedStep))
         log.warning("the learner actor was lost (%s); restarting it from the latest checkpoint and replaying %d "
                     "steps", type(cause).__name__, steps)
-        self._wait_for_restart()
-        self.actor.load_state_dict.remote(self.snapshot_ref)
+        self.group.restart()
+        self.group.each("load_state_dict", self.snapshot_ref)
         last_publish = max((i for i, entry in enumerate(self.log) if isinstance(entry, Published)), default=None)
         for index, entry in enumerate(self.log):
             if isinstance(entry, Published):
                 if index == last_publish and self.pool.running:  # earlier ones were superseded before any score
                     self.pool.publish(self.actor.weights_for_broadcast.remote())
                 continue
-            future = entry.send(self.actor)
+            future = entry.send(self.group)
             if isinstance(entry, ReplayedStep):
                 self.last_future = future
         if last_publish is None and self.pool.running:  # the shards' weights predate the checkpoint: the closest
             log.warning("republishing the checkpoint's weights to the shards")
             self.pool.publish(self.actor.weights_for_broadcast.remote())
-
-    def _wait_for_restart(self) -> None:
-        deadline = time.monotonic() + self.liveness.restart_timeout_s
-        while True:
-            try:
-                self.liveness.get(self.actor.ping.remote(), "the restarted learner actor",
-                                  deadline_s=max(1.0, deadline - time.monotonic()))
-                return
-            except ray.exceptions.ActorDiedError:
-                raise ActorLostError("lost the learner actor for good: it died more often than learner_restarts "
-                                     "allows, or its node is gone and nothing can take it") from None
-            except ray.exceptions.RayActorError:  # unavailable for a moment: still restarting
-                if time.monotonic() > deadline:
-                    raise ActorLostError(f"the learner actor did not come back within "
-                                         f"{self.liveness.restart_timeout_s:.0f} s (raise restart_timeout if new "
-                                         "nodes take longer to start)") from None
-                time.sleep(0.5)

@@ -34,13 +34,17 @@ class Liveness:
     restart_timeout_s: float = 300.0  # a restarting actor not ready after this long: it is gone
 
     def get(self, refs, what: str, *, deadline_s: float | None = None):
-        """`ray.get(refs)`, checking the cluster every second; `deadline_s` bounds the whole wait."""
+        """`ray.get(refs)`, checking the cluster every second; `deadline_s` bounds the whole wait. Of a
+        list, a result that is an error is raised as soon as it is there, without waiting for the others
+        (the other workers of a group may wait in a collective for the one that failed)."""
         waiting = refs if isinstance(refs, list) else [refs]
         started = time.monotonic()
         while True:
-            _, pending = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S, fetch_local=False)
+            ready, pending = ray.wait(waiting, num_returns=len(waiting), timeout=POLL_S, fetch_local=False)
             if not pending:
                 return ray.get(refs)
+            if ready and len(waiting) > 1:
+                ray.get(ready)  # raises the first error among them
             self.check_cluster(what)
             if deadline_s is not None and time.monotonic() - started > deadline_s:
                 raise ActorLostError(f"{what} did not come back within {deadline_s:.0f} s (no node could take it: "

@@ -66,10 +66,10 @@ def param_space(spec: SweepSpec) -> dict:
 # ---- one trial ---------------------------------------------------------------------------------
 def trial_resources(config: Config) -> tune.PlacementGroupFactory:
     """The driver of the trial (the coordinator; the learner itself when shards = 0, holding the learner's
-    CPUs and GPUs), then the learner and the shards."""
+    CPUs and GPUs), then the learner's workers and the shards."""
     if config.shards == 0:
         return tune.PlacementGroupFactory([learner_bundle(config)])
-    bundles = [{"CPU": 0.01}, learner_bundle(config)]
+    bundles = [{"CPU": 0.01}] + [learner_bundle(config) for _ in range(config.learner_workers)]
     bundles += [{"CPU": config.shard_cpus, "GPU": config.shard_gpus} for _ in range(config.shards)]
     return tune.PlacementGroupFactory([{k: v for k, v in b.items() if v} or {"CPU": 0.01} for b in bundles])
 

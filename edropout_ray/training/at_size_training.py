@@ -63,8 +63,9 @@ class CompactTraining:
                       else value.clone() if torch.is_tensor(value) else value)
                 for key, value in state.items()}
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """One step on (x, y); the loss and the logits. Raises NonFiniteLossError, leaving everything as it was."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, before_update=None) -> tuple[float, torch.Tensor]:
+        """One step on (x, y); the loss and the logits. Raises NonFiniteLossError, leaving everything as it was.
+        `before_update(parameters, buffers)` runs between backward and the update (the learner's hook)."""
         for compact_group, dense_group in zip(self.optimizer.param_groups, self.dense_optimizer.param_groups):
             compact_group["lr"] = dense_group["lr"]  # the schedule steps the dense optimizer
         touched = list((self.buffers | self.uncut_buffers).values())  # statistics the forward updates
@@ -73,6 +74,8 @@ class CompactTraining:
         loss = finite_loss(logits, y, zip(touched, saved), self.dense_optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if before_update is not None:
+            before_update(list(self.params.values()), touched)
         self.optimizer.step()
         self.dirty = True
         return loss.item(), logits.detach()

@@ -17,6 +17,10 @@ from typing import Callable
 
 import torch
 
+# called with the parameters being trained (their .grad filled) and the buffers, between backward and the
+# optimizer's step: a data-parallel learner averages the gradients of its workers there (learner_group.py)
+BeforeUpdate = Callable[[list[torch.Tensor], list[torch.Tensor]], None]
+
 from .at_size_training import CompactTraining, finite_loss
 from .contract import StepResult
 from ..config import Config
@@ -65,7 +69,8 @@ class Learner:
     """Owns the weights' optimizer and learning-rate schedule for one PruningSpace (a LearnerContract)."""
 
     def __init__(self, space: PruningSpace, config: Config,
-                 after_backward: Callable[[torch.nn.Module], None] | None = None, total_steps: int | None = None):
+                 after_backward: Callable[[torch.nn.Module], None] | None = None, total_steps: int | None = None,
+                 before_update: BeforeUpdate | None = None):
         self.space = space
         self.model = space.model
         self.optimizer = make_optimizer(self.model.parameters(), config)
@@ -76,6 +81,7 @@ class Learner:
         # called with the model between backward and the optimizer's step, its parameters' .grad filled
         # (a sparsity regularizer adds to them); it needs the dense model's gradients, so steps are masked
         self.after_backward = after_backward
+        self.before_update = before_update
         self.at_size = config.train_at_size and space.at_size_supported and after_backward is None
         self._compact: CompactTraining | None = None  # the state trained at size, while it stays the same
 
@@ -111,6 +117,8 @@ class Learner:
         loss.backward()
         if self.after_backward is not None:
             self.after_backward(self.model)
+        if self.before_update is not None:
+            self.before_update(list(self.model.parameters()), list(self.model.buffers()))
         self.optimizer.step()
         self._restore(tensors, pruned, saved, saved_optim)
         accuracy = (logits.detach().argmax(dim=1) == y).float().mean().item()
@@ -120,7 +128,7 @@ class Learner:
         if self._compact is None or not torch.equal(self._compact.state, state.to(self._compact.state.device)):
             self.sync()
             self._compact = CompactTraining(self.space, self.optimizer, state)
-        loss, logits = self._compact.step(x, y)
+        loss, logits = self._compact.step(x, y, self.before_update)
         accuracy = (logits.argmax(dim=1) == y).float().mean().item()
         return StepResult(loss=loss, accuracy=accuracy)
 

@@ -1,0 +1,136 @@
+"""The learner's worker actors, as the coordinator's proxy (RemoteLearner) sees them: one, or a
+data-parallel group of `learner_workers`.
+
+One worker is restarted by Ray when lost (`max_restarts`). A group of N > 1 shares a torch.distributed
+process group, which cannot take a new member mid-run, so a group that loses a worker is ended and
+started again as a whole (the proxy then loads the latest checkpoint's state and replays, as for one
+worker); each such restart uses up one of `learner_restarts`.
+
+The global batch is split here into one contiguous part per worker (each worker fetches only its own
+part from the object store); a part's `share` is its fraction of the batch, which weights its gradients
+(data_parallel.py) and its loss and accuracy in the step's result.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import ray
+import torch
+
+from ..training.contract import StepResult
+from .liveness import ActorLostError, Liveness
+from .usage import ProcessUsage
+
+BatchPart = tuple  # (x's object ref, y's object ref, share of the global batch)
+
+
+def split_batch(x: torch.Tensor, y: torch.Tensor, parts: int) -> list[BatchPart]:
+    """The batch in `parts` contiguous parts (sizes differ by at most one), each put in the object store."""
+    if len(x) < parts:
+        raise ValueError(f"a batch of {len(x)} samples cannot be split over {parts} learner workers: "
+                         "raise batch_size or lower learner_workers")
+    return [(ray.put(xs), ray.put(ys), len(xs) / len(x))
+            for xs, ys in zip(torch.tensor_split(x, parts), torch.tensor_split(y, parts))]
+
+
+def combine(results: list[StepResult], shares: list[float]) -> StepResult:
+    """The global batch's loss and accuracy from its parts'."""
+    return StepResult(loss=sum(r.loss * s for r, s in zip(results, shares)),
+                      accuracy=sum(r.accuracy * s for r, s in zip(results, shares)))
+
+
+class LearnerGroup:
+    """`size` learner worker actors started by `start_worker()`; all calls return lists of object refs."""
+
+    def __init__(self, start_worker: Callable[[], "ray.actor.ActorHandle"], size: int, liveness: Liveness,
+                 restarts: int, backend: str, resources: tuple[float, float]):
+        self.start_worker, self.size, self.liveness = start_worker, size, liveness
+        self.restarts, self.backend, self.resources = restarts, backend, resources
+        self.restarts_used = 0
+        self.started_at = time.monotonic()
+        self.workers: list = []
+        self._start()
+
+    def _start(self) -> None:
+        self.workers = [self.start_worker() for _ in range(self.size)]
+        try:
+            self.liveness.started([w.ping.remote() for w in self.workers], "the learner to start")
+            if self.size > 1:
+                self._form_group()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _form_group(self) -> None:
+        nodes = self.liveness.get([w.where.remote() for w in self.workers], "the learner workers' nodes")
+        local = len({where["node_id"] for where in nodes}) == 1
+        address = self.liveness.get(self.workers[0].rendezvous.remote(local), "the learner group's address")
+        timeout_s = self.liveness.restart_timeout_s
+        self.liveness.get([w.join.remote(rank, self.size, address, self.backend, timeout_s)
+                           for rank, w in enumerate(self.workers)], "the learner workers to form their group")
+
+    # ---- calls -----------------------------------------------------------------------------------
+    def step(self, state: torch.Tensor, parts: list[BatchPart]) -> list:
+        if self.size == 1:
+            x_ref, y_ref, _ = parts[0]
+            return [self.workers[0].step.remote(state, x_ref, y_ref)]
+        return [w.step_part.remote(state, x_ref, y_ref, share) for w, (x_ref, y_ref, share) in zip(self.workers, parts)]
+
+    def each(self, method: str, *args) -> list:
+        """`method` on every worker (what changes a worker's state: all must stay alike)."""
+        return [getattr(w, method).remote(*args) for w in self.workers]
+
+    def first(self, method: str, *args) -> list:
+        """`method` on rank 0 only (what reads the state: the workers' are identical)."""
+        return [getattr(self.workers[0], method).remote(*args)]
+
+    # ---- faults ----------------------------------------------------------------------------------
+    def restart(self) -> None:
+        """After a lost worker: wait for Ray's restart of one worker, or start the whole group again."""
+        if self.size == 1:
+            self._wait_for_ray_restart()
+            return
+        self.restarts_used += 1
+        if self.restarts_used > self.restarts:
+            raise ActorLostError(f"lost a learner worker more often than learner_restarts ({self.restarts}) allows")
+        self.kill()
+        self._start()
+
+    def _wait_for_ray_restart(self) -> None:
+        deadline = time.monotonic() + self.liveness.restart_timeout_s
+        while True:
+            try:
+                self.liveness.get(self.workers[0].ping.remote(), "the restarted learner actor",
+                                  deadline_s=max(1.0, deadline - time.monotonic()))
+                return
+            except ray.exceptions.ActorDiedError:
+                raise ActorLostError("lost the learner actor for good: it died more often than learner_restarts "
+                                     "allows, or its node is gone and nothing can take it") from None
+            except ray.exceptions.RayActorError:  # unavailable for a moment: still restarting
+                if time.monotonic() > deadline:
+                    raise ActorLostError(f"the learner actor did not come back within "
+                                         f"{self.liveness.restart_timeout_s:.0f} s (raise restart_timeout if new "
+                                         "nodes take longer to start)") from None
+                time.sleep(0.5)
+
+    def usage(self) -> list[ProcessUsage]:
+        """Each worker's time held and busy (busy since its last start: a restart loses the count before it)."""
+        held = time.monotonic() - self.started_at
+        cpus, gpus = self.resources
+        usages = []
+        for rank, worker in enumerate(self.workers):
+            try:
+                busy = self.liveness.get(worker.busy_seconds.remote(), "the learner's busy time", deadline_s=10.0)
+            except Exception:  # lost, or the cluster is gone: its time is lost with it
+                busy = 0.0
+            usages.append(ProcessUsage("learner", rank, cpus, gpus, held_s=held, busy_s=busy))
+        return usages
+
+    def kill(self) -> None:
+        for worker in self.workers:
+            try:
+                ray.kill(worker, no_restart=True)
+            except Exception:  # the cluster is already gone
+                pass

@@ -1,0 +1,139 @@
+"""A data-parallel learner (`learner_workers: 2`) on a local Ray: the same update as one worker on the
+whole batch, a whole run that ends as a one-worker run, and a worker killed mid-run recovered by
+starting the group again from the checkpoint and replaying."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from edropout_ray.config import Config
+from edropout_ray.distributed.coordinator import _start_learner
+from edropout_ray.distributed.liveness import Liveness
+from edropout_ray.distributed.shard import ShardPool
+from edropout_ray.models import ModelRecipe
+from edropout_ray.pruning.space import PruningSpace
+from edropout_ray.train import TrainLoop, make_engine, prepare
+
+from helpers import random_states
+
+pytestmark = pytest.mark.slow
+
+TESTS = str(Path(__file__).resolve().parents[1])
+RUN = dict(epochs=2, max_steps_per_epoch=5, batch_size=64, seed=2, shards=1, freeze_by=None,
+           dense_baseline=False, latency_batches=[], report_extra_masks=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    # the workers import the test's float64 model (helpers:double_mlp) from tests/
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": TESTS}})
+    yield
+    ray.shutdown()
+
+
+def steps_on_workers(workers: int, train_at_size: bool, batches) -> dict[str, torch.Tensor]:
+    """The learner's weights after `batches` (one step each) with `workers` data-parallel workers."""
+    recipe = ModelRecipe("helpers:double_mlp", num_classes=10, in_channels=1, image_size=8, seed=0)
+    example = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    space = PruningSpace(recipe.build(), example)
+    config = Config(shards=1, learner_workers=workers, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3,
+                    train_at_size=train_at_size, batch_size=16, channel_multiple=1)
+    liveness = Liveness()
+    pool = ShardPool(lambda: None, 1, liveness)  # never started: nothing is published
+    learner = _start_learner(space, config, recipe, pool, liveness, total_steps=10)
+    try:
+        state = random_states(space, 1, p_keep=0.6, seed=1)[0]
+        for x, y in batches:
+            learner.step(state, x, y)
+        return learner.weights()
+    finally:
+        learner.close()
+
+
+@pytest.mark.parametrize("train_at_size", [True, False], ids=["at_size", "masked"])
+def test_two_workers_take_the_step_one_worker_takes_on_the_whole_batch(train_at_size):
+    generator = torch.Generator().manual_seed(0)
+    # 17 samples: the parts are 9 and 8, so their gradients must be weighted by their shares
+    batches = [(torch.randn(17, 1, 8, 8, dtype=torch.float64, generator=generator),
+                torch.randint(0, 10, (17,), generator=generator)) for _ in range(2)]
+    initial = ModelRecipe("helpers:double_mlp", 10, 1, 8, seed=0).build().state_dict()
+    one, two = steps_on_workers(1, train_at_size, batches), steps_on_workers(2, train_at_size, batches)
+    assert one.keys() == two.keys() == initial.keys()
+    for name in one:
+        assert one[name].dtype == torch.float64
+        assert torch.allclose(one[name], two[name], rtol=1e-10, atol=1e-12), name
+        assert not torch.equal(one[name], initial[name]), f"the steps left {name} as it was"
+
+
+def train(workers: int, kill_worker_at: int | None = None, checkpoint_dir=None, **keys):
+    """A short run on digits; optionally kill learner worker 1 after that many steps.
+    (mask, rows, engine, report's resources, each worker's final weights)."""
+    setup = prepare(Config(learner_workers=workers, **RUN, **keys))
+    engine = make_engine(PruningSpace(setup.new_model(), setup.example_inputs()), setup)
+    if kill_worker_at is not None:
+        original_step = engine.step
+
+        def step_then_kill(x, y, epoch):
+            record = original_step(x, y, epoch)
+            if engine.step_count == kill_worker_at:  # as a lost node does
+                ray.kill(engine.learner.group.workers[1], no_restart=True)
+            return record
+
+        engine.step = step_then_kill
+    loop = TrainLoop(engine, setup, f"workers={workers}", checkpoint_dir=checkpoint_dir)
+    try:
+        loop.run(progress=False)
+        engine.finish()
+        each_workers_weights = ray.get([w.weights.remote() for w in engine.learner.group.workers])
+        resources = engine.resources()
+    finally:
+        engine.close()
+    return engine.best_state.clone(), loop.step_rows, engine, resources, each_workers_weights
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    return train(workers=2)
+
+
+def test_a_two_worker_run_trains_one_model_on_both_workers(two_workers):
+    """The digits CNN has BatchNorm: each worker normalizes its half of the batch (as DDP does), so the run
+    is not the one-worker run to the bit; what must hold is that the workers never drift apart (gradients
+    averaged, rank 0's statistics given to all) and that both worked."""
+    mask, rows, engine, resources, weights = two_workers
+    assert len(rows) == RUN["epochs"] * RUN["max_steps_per_epoch"] and all(math.isfinite(r.loss) for r in rows)
+    assert rows[-1].loss < rows[0].loss
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), f"the workers' {name} differ"
+    final = engine.space.model.state_dict()
+    assert all(torch.equal(final[name], weights[0][name]) for name in final), "the driver holds rank 0's weights"
+    learners = [p for p in resources["processes"] if p["role"] == "learner"]
+    assert [p["index"] for p in learners] == [0, 1] and all(p["busy_s"] > 0 for p in learners)
+    assert int(mask.sum()) > 0
+
+
+def test_a_killed_worker_restarts_the_group_from_the_checkpoint_and_the_run_completes(two_workers, tmp_path):
+    """Kill worker 1 after step 5 (checkpoints every 3): the group is started again, loads the step-3 state
+    and replays steps 4 and 5; the run ends exactly as the uninterrupted two-worker run."""
+    mask_2, rows_2, _, _, _ = two_workers
+    mask, rows, engine, _, _ = train(workers=2, kill_worker_at=5, checkpoint_dir=tmp_path, checkpoint_every=3)
+    assert engine.learner.recoveries == 1 and engine.learner.group.restarts_used == 1
+    assert torch.equal(mask, mask_2)
+    assert [asdict(r) for r in rows] == [asdict(r) for r in rows_2]
+
+
+def test_learner_workers_need_the_ray_runtime_and_a_batch_to_split():
+    from edropout_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs the Ray runtime: set shards >= 1"):
+        Config(learner_workers=2, shards=0)
+    with pytest.raises(ConfigError, match=r"batch_size \(2\) must be at least learner_workers \(4\)"):
+        Config(learner_workers=4, shards=1, batch_size=2)
