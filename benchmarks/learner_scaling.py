@@ -30,9 +30,9 @@ def start(workers: int, batch: int):
     from edropout_ray.models import ModelRecipe
     from edropout_ray.pruning.space import PruningSpace
 
-    recipe = ModelRecipe("resnet20", num_classes=10, in_channels=3, image_size=32, seed=0)
+    recipe = ModelRecipe("edropout_ray.models:resnet20", num_classes=10, in_channels=3, image_size=32, seed=0)
     space = PruningSpace(recipe.build(), torch.randn(2, 3, 32, 32))
-    config = Config(model="resnet20", shards=1, learner_workers=workers, batch_size=batch, optimizer="sgd", lr=0.05)
+    config = Config(model="edropout_ray.models:resnet20", shards=1, learner_workers=workers, batch_size=batch, optimizer="sgd", lr=0.05)
     liveness = Liveness()
     learner = _start_learner(space, config, recipe, ShardPool(lambda: None, 1, liveness), liveness, total_steps=10**6)
     generator = torch.Generator().manual_seed(0)

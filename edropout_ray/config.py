@@ -126,6 +126,7 @@ class Config:
     learner_cpus: float = 1.0
     learner_gpus: float = 0.0
     learner_workers: int = 1  # data-parallel learner processes (each learner_cpus, learner_gpus); needs shards >= 1
+    share_devices_across_phases: bool = True  # learner_workers > 1: one learner worker while the shards search
     # checkpoints: every N steps (0 = never) into the output folder, for --resume
     checkpoint_every: int = 0
     # files of the pruned model: pt2 (torch.export), onnx (checked by ONNX Runtime)

@@ -42,10 +42,16 @@ class DistributedEngine(EDropoutEngine):
         self.learner: RemoteLearner = learner
         # False: the shards start with the learner and live to the end (the shape before phases; benchmarks)
         self.shards_follow_phases = shards_follow_phases
+        # the learner on one worker while the shards search, on all of them before and after
+        self.shares_devices = (shards_follow_phases and config.share_devices_across_phases
+                               and config.learner_workers > 1)
         if not shards_follow_phases:
             self._start_shards()
 
     def _start_shards(self) -> None:
+        if self.shares_devices:  # the learner's other workers make room for the shards
+            self._collect_pending()
+            self.learner.resize(1)
         self.pool.start()
         self.learner.publish()  # the weights they will score with
 
@@ -58,8 +64,11 @@ class DistributedEngine(EDropoutEngine):
 
     def _after_freeze(self, was_frozen: bool) -> None:
         super()._after_freeze(was_frozen)
-        if self.frozen and self.shards_follow_phases:
+        if self.frozen and self.shards_follow_phases and self.pool.running:
             self.pool.stop("the mask is frozen")
+            if self.shares_devices:  # the shards' devices back to the learner
+                self._collect_pending()
+                self.learner.resize(self.config.learner_workers)
 
     def _score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         while True:

@@ -280,6 +280,17 @@ class RemoteLearner:
             self.snapshot_ref, self.log = state_ref, []
         self.publish()
 
+    def resize(self, workers: int) -> None:
+        """Continue on `workers` workers (all calls so far finished first): the learner gives devices to the
+        shards while the population searches, and takes them back at the freeze."""
+        if workers == self.group.size:
+            return
+        if self.last_future is not None:
+            self.result(self.last_future)
+        state_ref = ray.put(self._read("state_dict"))
+        log.info("the learner continues on %d worker(s) (it had %d)", workers, self.group.size)
+        self.group.resize(workers, state_ref)
+
     def usage(self) -> list[ProcessUsage]:
         """Each worker's time held and busy."""
         return self.group.usage()

@@ -4,7 +4,9 @@ data-parallel group of `learner_workers`.
 One worker is restarted by Ray when lost (`max_restarts`). A group of N > 1 shares a torch.distributed
 process group, which cannot take a new member mid-run, so a group that loses a worker is ended and
 started again as a whole (the proxy then loads the latest checkpoint's state and replays, as for one
-worker); each such restart uses up one of `learner_restarts`.
+worker); each such restart uses up one of `learner_restarts`. `resize` ends the group and starts one of
+another size with rank 0's state: the learner gives its devices to the shards while the population
+searches and takes them back at the freeze.
 
 The global batch is split here into one contiguous part per worker (each worker fetches only its own
 part from the object store); a part's `share` is its fraction of the batch, which weights its gradients
@@ -49,11 +51,13 @@ class LearnerGroup:
         self.start_worker, self.size, self.liveness = start_worker, size, liveness
         self.restarts, self.backend, self.resources = restarts, backend, resources
         self.restarts_used = 0
-        self.started_at = time.monotonic()
         self.workers: list = []
+        self.started_at = time.monotonic()
+        self.ended: list[ProcessUsage] = []  # workers ended by a resize or a restart, their time recorded
         self._start()
 
     def _start(self) -> None:
+        self.started_at = time.monotonic()
         self.workers = [self.start_worker() for _ in range(self.size)]
         try:
             self.liveness.started([w.ping.remote() for w in self.workers], "the learner to start")
@@ -73,6 +77,10 @@ class LearnerGroup:
 
     # ---- calls -----------------------------------------------------------------------------------
     def step(self, state: torch.Tensor, parts: list[BatchPart]) -> list:
+        if len(parts) != self.size:  # a step replayed after a resize: the batch split again for this size
+            x = torch.cat(ray.get([x_ref for x_ref, _, _ in parts]))
+            y = torch.cat(ray.get([y_ref for _, y_ref, _ in parts]))
+            parts = split_batch(x, y, self.size)
         if self.size == 1:
             x_ref, y_ref, _ = parts[0]
             return [self.workers[0].step.remote(state, x_ref, y_ref)]
@@ -95,8 +103,20 @@ class LearnerGroup:
         self.restarts_used += 1
         if self.restarts_used > self.restarts:
             raise ActorLostError(f"lost a learner worker more often than learner_restarts ({self.restarts}) allows")
-        self.kill()
+        self._end(ask_busy=False)  # the survivors may be waiting in a collective: their time is lost
         self._start()
+
+    def resize(self, size: int, state_ref: "ray.ObjectRef") -> None:
+        """End the workers and start `size` new ones holding `state_ref` (rank 0's state_dict)."""
+        self._end()
+        self.size = size
+        self._start()
+        self.liveness.get(self.each("load_state_dict", state_ref), "the resized learner's state")
+
+    def _end(self, ask_busy: bool = True) -> None:
+        """Record the workers' time, then end them."""
+        self.ended += self._usage(ask_busy)
+        self.kill()
 
     def _wait_for_ray_restart(self) -> None:
         deadline = time.monotonic() + self.liveness.restart_timeout_s
@@ -116,16 +136,22 @@ class LearnerGroup:
                 time.sleep(0.5)
 
     def usage(self) -> list[ProcessUsage]:
-        """Each worker's time held and busy (busy since its last start: a restart loses the count before it)."""
+        """Every worker's time held and busy, those ended by a resize or a restart included (a worker
+        restarted by Ray counts its busy time since that restart only)."""
+        return self.ended + self._usage()
+
+    def _usage(self, ask_busy: bool = True) -> list[ProcessUsage]:
         held = time.monotonic() - self.started_at
         cpus, gpus = self.resources
         usages = []
         for rank, worker in enumerate(self.workers):
+            busy = 0.0
             try:
-                busy = self.liveness.get(worker.busy_seconds.remote(), "the learner's busy time", deadline_s=10.0)
+                if ask_busy:
+                    busy = self.liveness.get(worker.busy_seconds.remote(), "the learner's busy time", deadline_s=10.0)
             except Exception:  # lost, or the cluster is gone: its time is lost with it
-                busy = 0.0
-            usages.append(ProcessUsage("learner", rank, cpus, gpus, held_s=held, busy_s=busy))
+                pass
+            usages.append(ProcessUsage("learner", len(self.ended) + rank, cpus, gpus, held_s=held, busy_s=busy))
         return usages
 
     def kill(self) -> None:

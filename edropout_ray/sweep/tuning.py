@@ -69,8 +69,15 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
     CPUs and GPUs), then the learner's workers and the shards."""
     if config.shards == 0:
         return tune.PlacementGroupFactory([learner_bundle(config)])
-    bundles = [{"CPU": 0.01}] + [learner_bundle(config) for _ in range(config.learner_workers)]
-    bundles += [{"CPU": config.shard_cpus, "GPU": config.shard_gpus} for _ in range(config.shards)]
+    shard = {"CPU": config.shard_cpus, "GPU": config.shard_gpus}
+    if config.learner_workers > 1 and config.share_devices_across_phases:
+        # the same bundles serve the learner's workers outside the search, one worker and the shards in it
+        learner = learner_bundle(config)
+        device = {name: max(learner.get(name, 0.0), shard[name]) for name in ("CPU", "GPU")}
+        bundles = [{"CPU": 0.01}] + [device for _ in range(max(config.learner_workers, 1 + config.shards))]
+    else:
+        bundles = [{"CPU": 0.01}] + [learner_bundle(config) for _ in range(config.learner_workers)]
+        bundles += [shard for _ in range(config.shards)]
     return tune.PlacementGroupFactory([{k: v for k, v in b.items() if v} or {"CPU": 0.01} for b in bundles])
 
 

@@ -25,8 +25,9 @@ from helpers import random_states
 pytestmark = pytest.mark.slow
 
 TESTS = str(Path(__file__).resolve().parents[1])
+# the search to the end, beside two learner workers that keep their devices: every step is data-parallel
 RUN = dict(epochs=2, max_steps_per_epoch=5, batch_size=64, seed=2, shards=1, freeze_by=None,
-           dense_baseline=False, latency_batches=[], report_extra_masks=False)
+           share_devices_across_phases=False, dense_baseline=False, latency_batches=[], report_extra_masks=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,7 +58,8 @@ def steps_on_workers(workers: int, train_at_size: bool, batches) -> dict[str, to
         learner.close()
 
 
-@pytest.mark.parametrize("train_at_size", [True, False], ids=["at_size", "masked"])
+@pytest.mark.parametrize("train_at_size", [pytest.param(True, id="at_size"),  # 15 s each: masked in make test-all
+                                           pytest.param(False, id="masked", marks=pytest.mark.extended)])
 def test_two_workers_take_the_step_one_worker_takes_on_the_whole_batch(train_at_size):
     generator = torch.Generator().manual_seed(0)
     # 17 samples: the parts are 9 and 8, so their gradients must be weighted by their shares
@@ -109,6 +111,7 @@ def test_a_two_worker_run_trains_one_model_on_both_workers(two_workers):
     averaged, rank 0's statistics given to all) and that both worked."""
     mask, rows, engine, resources, weights = two_workers
     assert len(rows) == RUN["epochs"] * RUN["max_steps_per_epoch"] and all(math.isfinite(r.loss) for r in rows)
+    assert engine.learner.group.size == 2 and engine.pool.running is False
     assert rows[-1].loss < rows[0].loss
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
@@ -137,3 +140,34 @@ def test_learner_workers_need_the_ray_runtime_and_a_batch_to_split():
         Config(learner_workers=2, shards=0)
     with pytest.raises(ConfigError, match=r"batch_size \(2\) must be at least learner_workers \(4\)"):
         Config(learner_workers=4, shards=1, batch_size=2)
+
+
+def test_the_learner_gives_its_devices_to_the_shards_while_the_population_searches():
+    """learner_workers 2, one shard: two workers through the dense warm-up, one while the shard runs,
+    two again after the freeze; the report counts every worker that lived."""
+    # 20 steps: 3 dense (the shard started one step ahead, at the third), the search from step 3, frozen at 6
+    setup = prepare(Config(learner_workers=2, **{**RUN, "epochs": 4, "freeze_by": 0.3, "dense_warmup": 0.15,
+                                                  "shards_start_ahead": 1, "share_devices_across_phases": True}))
+    engine = make_engine(PruningSpace(setup.new_model(), setup.example_inputs()), setup)
+    seen: list[tuple[int, bool]] = []  # (learner workers, shards running) after each step
+    original_step = engine.step
+
+    def watched(x, y, epoch):
+        record = original_step(x, y, epoch)
+        seen.append((engine.learner.group.size, engine.pool.running))
+        return record
+
+    engine.step = watched
+    loop = TrainLoop(engine, setup, "elastic")
+    try:
+        loop.run(progress=False)
+        engine.finish()
+        resources = engine.resources()
+    finally:
+        engine.close()
+    assert seen[:2] == [(2, False), (2, False)], seen
+    assert all(workers == 1 for workers, running in seen if running), seen
+    assert seen[-1] == (2, False), seen
+    assert any(running for _, running in seen), seen
+    learners = [p for p in resources["processes"] if p["role"] == "learner"]
+    assert len(learners) == 5, learners  # 2, then 1, then 2

@@ -150,6 +150,15 @@ def test_trial_reserves_learner_and_shards_together():
     assert trial_resources(Config(learner_gpus=1)).bundles == [{"CPU": 1, "GPU": 1}], "shards: 0: the GPU it uses"
 
 
+def test_a_trials_devices_serve_the_learners_workers_and_the_shards_in_turn():
+    """8 GPUs a trial: 8 learner workers outside the search, 1 worker and 7 shards in it, on the same bundles."""
+    shared = trial_resources(Config(shards=7, learner_workers=8, shard_gpus=1, learner_gpus=1)).bundles
+    assert shared == [{"CPU": 0.01}] + [{"CPU": 1, "GPU": 1}] * 8
+    apart = trial_resources(Config(shards=7, learner_workers=8, shard_gpus=1, learner_gpus=1,
+                                   share_devices_across_phases=False)).bundles
+    assert sum(b.get("GPU", 0) for b in apart) == 15
+
+
 @pytest.mark.slow
 def test_a_sweep_whose_trials_all_fail_exits_non_zero_naming_the_error(tmp_path):
     """--set reaches every trial (here a model module that does not exist: valid by its syntax, so the
