@@ -1,20 +1,21 @@
 """Pruning quality at equal size and equal steps: every method on several models, sizes and seeds.
 
 For each model and size, `edropout-ray compare` runs EDropout held to a share of the parameters
-(`--budget params`: `prune_target_params`) or of the MACs (`--budget macs`: `prune_target_macs`), its two
+(`--budget params`: `prune_target_params`), of the MACs (`--budget macs`: `prune_target_macs`) or of the dense
+model's latency on this machine at batch `latency_target_batch` (`--budget latency`: `prune_target_latency`), its two
 ablations (no search: the energy-best initial state frozen at once; fixed_random: EDropout's layer
 widths with random units) and the baselines (random, L1, Torch-Pruning's group-norm sparse training,
 iterative magnitude and Taylor pruning), each held to the parameters (MACs) EDropout kept and given the
 same steps; the dense network trains for the same steps once per model and seed. Fashion-MNIST as Debian
 ships it (`apt-get install dataset-fashion-mnist`).
 
-    .venv/bin/python benchmarks/quality.py [--budget params|macs] [--models small_cnn,lenet5,resnet20]
+    .venv/bin/python benchmarks/quality.py [--budget params|macs|latency] [--models small_cnn,lenet5,resnet20]
         [--sizes 0.5,0.25] [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--skip-done]
         [--set key=value ...]
 
 Prints one table (top-1 mean ± std over seeds, the drop against dense, parameters and MACs kept) and
 writes it with every run's numbers to benchmarks/results/quality_matrix.{md,json}
-(quality_matrix_macs.{md,json} for --budget macs; --results to change).
+(quality_matrix_macs / quality_matrix_latency for the other budgets; --results to change).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="jobs/quality_fashion.yaml")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--budget", choices=("params", "macs"), default="params", help="what the sizes count")
+    parser.add_argument("--budget", choices=("params", "macs", "latency"), default="params",
+                        help="what the sizes count")
     parser.add_argument("--sizes", default="0.5,0.25", help="fractions of the parameters (MACs) kept")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"besides edropout: {', '.join(BASELINES)}")
@@ -84,11 +86,17 @@ def main(argv=None) -> None:
             print(f"[quality] {model} at {size:.0%} done; {minutes:.1f} min of runs so far", flush=True)
     table = markdown(rows, base, seeds, minutes, args.budget)
     print("\n" + table)
-    results = Path(args.results or "benchmarks/results/quality_matrix" + ("" if args.budget == "params" else "_macs"))
+    results = Path(args.results or "benchmarks/results/quality_matrix" + ("" if args.budget == "params"
+                                                                           else f"_{args.budget}"))
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".md").write_text(table)
     results.with_suffix(".json").write_text(json.dumps({"config": base.to_dict(), "seeds": seeds, "minutes": minutes,
                                                         "rows": rows}, indent=1, default=str))
+
+
+BUDGET_WORDS = {"params": "parameters", "macs": "MACs",
+                "latency": "dense model's latency at batch {batch} on this machine (EDropout's runs; the other methods "
+                           "held to the MACs EDropout's latency model gave)"}
 
 
 def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None, budget: str = "params") -> str:
@@ -96,7 +104,7 @@ def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None, 
     took = f"{minutes:.0f} min of runs in all"
     lines = [f"Fashion-MNIST, {config.epochs} epochs x {config.max_steps_per_epoch} steps of batch {config.batch_size} "
              f"for every method, seeds {seeds}, {took} (top-1 mean ± std over seeds); sizes are shares of the "
-             f"{'parameters' if budget == 'params' else 'MACs'}.", "",
+             f"{BUDGET_WORDS[budget].format(batch=config.latency_target_batch)}.", "",
              "| model | size | method | top-1 (%) | vs dense | params kept | MACs kept |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "dense":

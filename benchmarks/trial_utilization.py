@@ -1,12 +1,15 @@
 """Devices held and used by a run on Ray: shards for the whole run (the old shape) against shards only
-while the population searches (the default), side by side, from each run's report.json `resources`.
+while the population searches (the default), and a two-worker learner that gives one worker's device
+to a shard while searching, side by side, from each run's report.json `resources`.
 
-Both runs are the same default-schedule EDropout run (dense warm-up, search, frozen mask trained
-alone) on a local Ray with `shards` shard actors and one learner, one after the other in this process.
+All are the same default-schedule EDropout run (dense warm-up, search, frozen mask trained alone) on a
+local Ray, one after the other in this process: the first two with `shards` shard actors and one
+learner, the third with `learner_workers: 2` and `shards - 1` shards on the same number of devices.
 For each shape it prints, per role, the device-seconds held, the device-seconds busy and their ratio,
 and the run's wall time and top-1; the JSON goes to --out.
 
     .venv/bin/python benchmarks/trial_utilization.py [--config jobs/demo.yaml] [--epochs 20] [--shards 2]
+                                                      [--set KEY=VALUE ...]
                                                       [--out benchmarks/results/trial_utilization_cpu.json]
 """
 
@@ -19,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-SHAPES = {"shards for the whole run": False, "shards while searching": True}
+# shape -> (shards follow the phases, learner workers, shards taken from the learner's devices)
+SHAPES = {"shards for the whole run": (False, 1, 0), "shards while searching": (True, 1, 0),
+          "2 workers, shard shares": (True, 2, 1)}
 
 
 def run_shape(config, follow_phases: bool) -> dict:
@@ -62,12 +67,15 @@ def main() -> None:
     parser.add_argument("--config", default="jobs/demo.yaml")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, as train's --set")
     parser.add_argument("--out", default="benchmarks/results/trial_utilization_cpu.json")
     args = parser.parse_args()
-    config = load_config(args.config).replace(
+    config = load_config(args.config, args.overrides).replace(
         epochs=args.epochs, shards=args.shards, dense_baseline=False, latency_batches=[],
         report_extra_masks=False, checkpoint_every=0)
-    results = {shape: run_shape(config, follow) for shape, follow in SHAPES.items()}
+    results = {shape: run_shape(config.replace(learner_workers=workers, shards=args.shards - fewer), follow)
+               for shape, (follow, workers, fewer) in SHAPES.items()}
     print(table(results))
     Path(args.out).write_text(json.dumps({"config": config.to_dict(), "results": results}, indent=2))
     print(f"written to {args.out}")

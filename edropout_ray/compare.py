@@ -95,8 +95,10 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
         _progress(f"EDropout done for seed {seed}; running {', '.join(baselines) or 'nothing else'} for it")
         # held to the size (not only the units) that the same seed's EDropout kept: its MACs when the
         # comparison is held to a MACs target, else its parameters
-        kept = {"prune_target_macs": report["macs_kept_fraction"], "prune_target_params": None} \
-            if base.get("prune_target_macs") is not None else {"prune_target_params": report["params_kept_fraction"]}
+        # (a latency target: the MACs that EDropout's latency model gave, so every method is timed at one size)
+        by_macs = base.get("prune_target_macs") is not None or base.get("prune_target_latency") is not None
+        kept = {"prune_target_macs": report["macs_kept_fraction"], "prune_target_params": None,
+                "prune_target_latency": None} if by_macs else {"prune_target_params": report["params_kept_fraction"]}
         size = {"prune_target": report["units_kept_fraction"], "kept_per_group": report["kept_per_group"]} | kept
         pending |= {(name, seed): launch(name, seed, changes | size) for name, changes in baselines.items()}
     reports = {("edropout", s): edropout[s] for s in seeds}

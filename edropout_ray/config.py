@@ -110,6 +110,10 @@ class Config:
     prune_target: float = 0.5
     prune_target_params: float | None = None  # fraction of trainable parameters; overrides prune_target
     prune_target_macs: float | None = None  # fraction of MACs per sample at the run's input size; likewise
+    # fraction of the dense model's latency on the run's device at batch latency_target_batch: a measured latency
+    # model (artifacts/latency_model.py) turns it into a MACs fraction that holds every state
+    prune_target_latency: float | None = None
+    latency_target_batch: int = 128
     dropnet_strategy: str = "min"
     dropnet_fraction: float = 0.2
     dropnet_reset: str = "initial"
@@ -181,8 +185,13 @@ class Config:
              f"{self.prune_target_params}")
         need(self.prune_target_macs is None or 0 < self.prune_target_macs <= 1,
              f"prune_target_macs (fraction of MACs kept) must be in (0, 1] or null, got {self.prune_target_macs}")
-        need(self.prune_target_params is None or self.prune_target_macs is None,
-             "prune_target_params and prune_target_macs are both set: a run is held to one size; set the other "
+        need(self.prune_target_latency is None or 0 < self.prune_target_latency <= 1,
+             f"prune_target_latency (fraction of the dense model's latency) must be in (0, 1] or null, got "
+             f"{self.prune_target_latency}")
+        need(self.latency_target_batch >= 1, f"latency_target_batch must be >= 1, got {self.latency_target_batch}")
+        targets = [name for name in ("prune_target_params", "prune_target_macs", "prune_target_latency")
+                   if getattr(self, name) is not None]
+        need(len(targets) <= 1, f"{' and '.join(targets)} are all set: a run is held to one size; set the others "
              "to null")
         need(0 < self.dropnet_fraction < 1, f"dropnet_fraction must be in (0, 1), got {self.dropnet_fraction}")
         need(self.dropnet_patience >= 1, f"dropnet_patience must be >= 1, got {self.dropnet_patience}")
@@ -273,7 +282,11 @@ class Config:
 
     @property
     def size_target(self) -> tuple[str, float] | None:
-        """(cost, fraction) of the size every state is held to ('params' or 'macs'), or None (units)."""
+        """(cost, fraction) of the size every state is held to ('params' or 'macs'), or None (units). A
+        latency target must have been turned into a MACs target first (train.resolve_latency_target)."""
+        if self.prune_target_latency is not None:
+            raise ConfigError("prune_target_latency is held through a measured latency model: the run turns it into "
+                              "prune_target_macs first (train.resolve_latency_target); this entry point does not")
         if self.prune_target_params is not None:
             return "params", self.prune_target_params
         if self.prune_target_macs is not None:

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from .errors import CheckpointError, ConfigError, DenseBaselineError, RunLostErr
 from .training.dense import FOLDER as DENSE_FOLDER, train_dense
 from .training.loop import TrainLoop
 from .artifacts.onnx_model import require_onnx
+from .artifacts.latency_model import LatencyGoal, latency_model_for, macs_target_for_latency
 from .artifacts.report import build_report, write_report
 from .training.run_setup import PrunedRun, RunSetup, prepare, steps_per_epoch
 from .pruning.space import PruningSpace
@@ -152,7 +153,11 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     setup = prepare(on_reserved_device(config))  # a Ray task holding no GPU computes on the CPU
     space = setup.new_space()
     log.info("pruning space: %s", space.describe())
-    checkpoint.save_config(storage, config)
+    checkpoint.save_config(storage, config)  # as given: a resume resolves a latency target again (from the cache)
+    latency_goal = None
+    if config.prune_target_latency is not None:
+        config, latency_goal = resolve_latency_target(config, space, storage)
+        setup = replace(setup, config=config)
     if config.method == "edropout":
         pruned = _train_edropout(space, setup, storage, payload, progress, address)
     else:
@@ -178,7 +183,8 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     history.plot_history([asdict(r) for r in step_rows], epoch_rows, output / history.PLOT_FILE,
                          dense["epochs"] if dense else None)
     report = build_report(space, final_mask, config, setup.test_loader, setup.device, output, dense=dense,
-                          converged_at_step=_converged_at(step_rows), edropout_seconds=edropout_seconds)
+                          converged_at_step=_converged_at(step_rows), edropout_seconds=edropout_seconds,
+                          latency_goal=latency_goal)
     report["wall_seconds"] = time.perf_counter() - started
     report["shards"] = config.shards
     report["freeze_reason"] = freeze_reason
@@ -192,6 +198,19 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
         report["dense_error"] = dense_error
     write_report(report, output)
     return report
+
+
+def resolve_latency_target(config: Config, space: PruningSpace, folder: Folder) -> tuple[Config, LatencyGoal]:
+    """A latency target as the MACs target that the latency model measured on this device predicts for it
+    (measured once, cached in `folder`): the config every state and baseline is held with, and the goal
+    the report checks the exported model against."""
+    target = config.prune_target_latency
+    model = latency_model_for(space, config.model, config.latency_target_batch, space.example_inputs.device,
+                              config.channel_multiple, config.latency_repeats, folder)
+    macs = macs_target_for_latency(model, target)
+    log.warning("prune_target_latency %.2f at batch %d on %s: the latency model gives %.3f of the MACs", target,
+                config.latency_target_batch, model.key["device"], macs)
+    return config.replace(prune_target_latency=None, prune_target_macs=macs), LatencyGoal(target, model)
 
 
 def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payload: dict | None, progress: bool,

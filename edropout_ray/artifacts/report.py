@@ -9,6 +9,7 @@ import torch
 from ..pruning.evaluation import evaluate, random_state
 from .pruned_model import EXPORT_FILE, count_parameters, load_exported, save_exported
 from .latency import compare_latency, describe_speedup, median_and_iqr, time_interleaved
+from .latency_model import LatencyGoal, check_against_target
 from .onnx_model import ONNX_FILE, OnnxRunner, save_onnx
 from ..config import Config
 from ..pruning.space import PruningSpace
@@ -18,7 +19,8 @@ RANDOM_PRUNE_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 def build_report(space: PruningSpace, final_mask: torch.Tensor, config: Config, test_loader, device: torch.device,
-                 output: Path, *, dense: dict | None, converged_at_step: int | None, edropout_seconds: float) -> dict:
+                 output: Path, *, dense: dict | None, converged_at_step: int | None, edropout_seconds: float,
+                 latency_goal: LatencyGoal | None = None) -> dict:
     """Measured on `test_loader` (batches of (images, labels)) on `device`; exports written into `output`."""
     test = test_loader
     final = evaluate(space, final_mask, test, device)
@@ -43,9 +45,14 @@ def build_report(space: PruningSpace, final_mask: torch.Tensor, config: Config, 
     } | exports
     if config.report_extra_masks:
         report |= _extra_masks(space, config, test, device)
-    if config.latency_batches:  # measured, not assumed: fewer MACs need not mean less time
-        report["latency"] = compare_latency(space.model, pruned_model, example, config.latency_batches,
+    batches = list(dict.fromkeys(config.latency_batches + ([latency_goal.model.key["batch"]] if latency_goal else [])))
+    if batches:  # measured, not assumed: fewer MACs need not mean less time
+        report["latency"] = compare_latency(space.model, pruned_model, example, batches,
                                             config.latency_repeats) | {"macs_reduction": macs_total / macs_kept}
+    if latency_goal is not None:
+        row = report["latency"][f"batch_{latency_goal.model.key['batch']}"]
+        report["latency_target"] = check_against_target(row, latency_goal.target,
+                                                        latency_goal.model.latency_at(macs_kept / macs_total))
     if dense is not None:
         report |= {"dense_top1": dense["test"]["top1"], "dense_top3": dense["test"]["top3"],
                    "dense_top5": dense["test"]["top5"], "dense_test_loss": dense["test"]["loss"],
@@ -124,6 +131,8 @@ def format_table(report: dict) -> str:
         lines.append(f"top-1 drop against the dense baseline: {report['top1_drop']:+.2f} points "
                      f"(top-5: {report['top5_drop']:+.2f})")
     lines += _latency_lines(report.get("latency", {}))
+    if "latency_target" in report:
+        lines.append(describe_latency_target(report["latency_target"]))
     latency = report.get("export_latency_ms", {})
     for file_key, diff_key, kind in (("exported_model", "export_max_abs_diff", "pt2"),
                                      ("exported_onnx", "onnx_max_abs_diff", "onnx")):
@@ -132,6 +141,17 @@ def format_table(report: dict) -> str:
             lines.append(f"exported model: {report[file_key]} (max |output difference| vs masked: "
                          f"{report[diff_key]:.2e}{timing})")
     return "\n".join(lines)
+
+
+def describe_latency_target(goal: dict) -> str:
+    """The console's line on a latency target: met within the measurement's spread, or missed by how much."""
+    low, high = goal["measured_interval"]
+    measured = (f"measured {goal['measured_fraction']:.2f} of the dense time ({low:.2f}-{high:.2f} over paired "
+                f"repeats; the latency model predicted {goal['predicted_fraction']:.2f})")
+    if goal["missed"]:
+        return (f"MISSED the latency target {goal['target']:.2f} at batch {goal['batch']}: {measured}, "
+                f"{goal['over_by']:+.0%} off, more than the measurement's spread")
+    return f"latency target {goal['target']:.2f} at batch {goal['batch']} met within the measurement's spread: {measured}"
 
 
 def _latency_lines(latency: dict) -> list[str]:

@@ -102,6 +102,10 @@ class DistributedEngine(EDropoutEngine):
         self.pool.stop()
         return summarize([*self.learner.usage(), *self.pool.usage])
 
+    def usage_so_far(self) -> dict:
+        """`resources()` until now, every process left running (a sweep trial reports it each epoch)."""
+        return summarize([*self.learner.usage(), *self.pool.usage_so_far()])
+
     def close(self) -> None:
         self.pool.close()
         self.learner.close()

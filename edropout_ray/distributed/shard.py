@@ -156,6 +156,13 @@ class ShardPool:
             pass
         return busy
 
+    def usage_so_far(self) -> list[ProcessUsage]:
+        """The ended shards' time, and the running ones' until now (they keep running)."""
+        busy = self._busy_seconds() if self.running else []
+        now = time.monotonic()
+        return self.usage + [ProcessUsage("shard", index, self.cpus, self.gpus, held_s=now - self.started_at[index],
+                                          busy_s=busy[index]) for index in range(len(self.shards))]
+
     def _end(self, index: int, shard, busy: float) -> None:
         self.usage.append(ProcessUsage("shard", index, self.cpus, self.gpus,
                                        held_s=time.monotonic() - self.started_at[index], busy_s=busy))

@@ -16,6 +16,7 @@ import math
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ from ..artifacts.plotting import png_figure
 from ..artifacts.storage import Folder, open_folder
 from ..config import Config
 from ..distributed.placement import driver_without_cpus, learner_bundle, learner_options, on_reserved_device
+from ..distributed.usage import BusyClock
 from ..errors import ConfigError, EDropoutError
 from .spec import SPEC_FILE, SweepSpec
 
@@ -98,7 +100,7 @@ def train_trial(values: dict) -> None:
         kept = space.kept_parameters(loop.engine.best_state) / total_params
         metrics = {"val_top1": row["val_top1"], "val_loss": row["val_loss"], "units_kept_fraction": row["kept_fraction"],
                    "params_kept_fraction": kept, "objective": row["val_top1"] - params_weight * 100 * kept,
-                   "frozen": row["frozen"], "epoch": row["epoch"]}
+                   "frozen": row["frozen"], "epoch": row["epoch"], **usage.so_far()}
         with tempfile.TemporaryDirectory() as folder:
             # a trial checkpoints once per epoch, through Tune (the loop has no folder for `checkpoint_every`)
             loop.save_checkpoint(folder)
@@ -108,6 +110,7 @@ def train_trial(values: dict) -> None:
 
     own_id = tune.get_context().get_trial_id()
     engine = make_engine(space, setup)
+    usage = TrialUsage(engine, config)
     try:
         loop = TrainLoop(engine, setup, "trial", on_epoch_end=report)
         restored, source_id = tune.get_checkpoint(), None
@@ -123,6 +126,31 @@ def train_trial(values: dict) -> None:
         loop.run(progress=False)
     finally:
         engine.close()
+
+
+class TrialUsage:
+    """A trial's device-seconds held and busy since it started (or was restored), for trials.parquet: the
+    learner's and shards' own counts on Ray; with `shards: 0` the trial is the learner, busy in its steps."""
+
+    def __init__(self, engine, config: Config):
+        self.engine, self.started = engine, time.monotonic()
+        self.devices = config.learner_gpus or config.learner_cpus
+        self.clock = BusyClock()
+        if config.shards == 0:
+            step = engine.step
+
+            def timed_step(*args, **kwargs):
+                with self.clock.busy():
+                    return step(*args, **kwargs)
+
+            engine.step = timed_step
+
+    def so_far(self) -> dict:
+        summary = self.engine.usage_so_far()
+        if summary is not None:
+            return {"held_device_s": summary["held_device_s"], "busy_device_s": summary["busy_device_s"]}
+        return {"held_device_s": self.devices * (time.monotonic() - self.started),
+                "busy_device_s": self.devices * self.clock.seconds}
 
 
 # ---- the sweep ---------------------------------------------------------------------------------
@@ -150,6 +178,9 @@ def run_sweep(spec: SweepSpec, output: str | Path | Folder, *, resume: bool = Fa
 
     output = open_folder(output)
     probe = spec.first_trial()
+    if probe.prune_target_latency is not None:
+        raise ConfigError("prune_target_latency is not supported in sweeps yet (every trial would time the model at "
+                          "several widths on its own device): sweep with prune_target_macs, or run train/compare")
     if "onnx" in probe.export_formats:
         from ..artifacts.onnx_model import require_onnx
 
@@ -253,6 +284,7 @@ def collect(results, swept: list[str]) -> list[dict]:
         row |= {key: _plain(result.config.get(key)) for key in dict.fromkeys(swept)}
         row |= {k: metrics[k] for k in ("val_top1", "val_loss", "params_kept_fraction", "units_kept_fraction",
                                         "objective")}
+        row |= {k: metrics.get(k) for k in ("held_device_s", "busy_device_s")}  # since the trial's last start
         row["error"] = str(result.error) if result.error else None
         rows.append(row)
     front = pareto_front([(r["val_top1"], r["params_kept_fraction"]) for r in rows])

@@ -198,6 +198,11 @@ class EDropoutEngine:
         self._after_freeze(was_frozen)
         return record
 
+    def usage_so_far(self) -> dict | None:
+        """Device-seconds the runtime's processes held and used until now (report.json's `resources`
+        summary); None in one process, which has no processes of its own to count."""
+        return None
+
     def _prepare_step(self) -> None:
         """Whatever the coming steps need set up first (a runtime starts its scorers here)."""
 

@@ -152,9 +152,14 @@ def test_the_learner_gives_its_devices_to_the_shards_while_the_population_search
     seen: list[tuple[int, bool]] = []  # (learner workers, shards running) after each step
     original_step = engine.step
 
+    so_far: list[dict] = []  # a sweep trial's per-epoch count, taken while the shard runs
+
     def watched(x, y, epoch):
         record = original_step(x, y, epoch)
         seen.append((engine.learner.group.size, engine.pool.running))
+        if engine.pool.running and not so_far:
+            so_far.append(engine.usage_so_far())
+            assert engine.pool.running, "counting ended nothing"
         return record
 
     engine.step = watched
@@ -171,3 +176,5 @@ def test_the_learner_gives_its_devices_to_the_shards_while_the_population_search
     assert any(running for _, running in seen), seen
     learners = [p for p in resources["processes"] if p["role"] == "learner"]
     assert len(learners) == 5, learners  # 2, then 1, then 2
+    assert [p["role"] for p in so_far[0]["processes"]] == ["learner"] * 3 + ["shard"]  # 2 ended, 1 and the shard
+    assert 0 < so_far[0]["busy_device_s"] < so_far[0]["held_device_s"] < resources["held_device_s"]

@@ -59,6 +59,7 @@ def test_small_sweep_writes_table_plot_and_best_model_into_a_bucket(tmp_path, s3
     for row in rows:
         assert 0 < row["params_kept_fraction"] < 1
         assert row["objective"] == pytest.approx(row["val_top1"] - 10 * row["params_kept_fraction"])
+        assert 0 < row["busy_device_s"] < row["held_device_s"], row  # what the trial held, and computed in it
     assert any(r["pareto"] for r in rows)
     assert (output / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((output / "best" / "report.json").read_text())

@@ -91,7 +91,7 @@ def test_populations_and_uniform_widths_hold_a_macs_target(resnet_space, multipl
 
 
 def test_a_run_is_held_to_one_size():
-    with pytest.raises(ConfigError, match="both set"):
+    with pytest.raises(ConfigError, match="are all set: a run is held to one size"):
         Config(prune_target_params=0.5, prune_target_macs=0.5)
     with pytest.raises(ConfigError, match="prune_target_macs"):
         Config(prune_target_macs=1.5)

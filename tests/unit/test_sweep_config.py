@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edropout_ray.config import Config
 from edropout_ray.errors import ConfigError
 from edropout_ray.sweep import SweepSpec, load_sweep
 
@@ -117,3 +118,11 @@ def test_the_paper_sweeps_comment_counts_its_grid():
 def test_the_imagenet_sweep_reads_the_parquet_shards_that_convert_writes():
     base = load_sweep(JOBS / "sweep_imagenet_resnet50.yaml").base
     assert base["dataset"] == "parquet"
+
+
+def test_an_imagenet_trial_holds_eight_gpus_that_serve_every_phase():
+    from edropout_ray.sweep import trial_resources
+
+    config = Config.from_dict(load_sweep(JOBS / "sweep_imagenet_resnet50.yaml").base)
+    gpus = [bundle.get("GPU", 0) for bundle in trial_resources(config).bundles]
+    assert sum(gpus) == 8 == config.learner_workers == 1 + config.shards
