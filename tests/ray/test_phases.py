@@ -111,6 +111,7 @@ def test_a_run_resumed_after_the_freeze_starts_no_shard(tmp_path):
     assert len(resumed.running_at) == 10  # steps 11 to 20
 
 
+@pytest.mark.extended  # 36 s: make test-all (CI's 25 minutes)
 def test_a_run_resumed_during_the_search_starts_the_shards_again(tmp_path):
     config = Config(**PHASES, checkpoint_every=1)
     run_loop(config, tmp_path, crash_at=4)
@@ -119,6 +120,7 @@ def test_a_run_resumed_during_the_search_starts_the_shards_again(tmp_path):
     assert resumed.running_at == [True] + [False] * 15  # step 5 searched, step 6 froze the mask
 
 
+@pytest.mark.extended  # 22 s; tests/ray/test_data_parallel.py checks resources in make test: make test-all (CI's 25 minutes)
 def test_the_report_says_what_each_process_held_and_used(tmp_path):
     report = run(Config(**PHASES), tmp_path / "run", progress=False)
     resources = json.loads((tmp_path / "run" / "report.json").read_text())["resources"]

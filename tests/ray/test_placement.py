@@ -64,6 +64,7 @@ def test_a_failed_dense_baseline_is_named_and_the_pruned_runs_artifacts_are_kept
     assert (tmp_path / "final_mask.npy").exists()
 
 
+@pytest.mark.extended  # 17 s: make test-all (CI's 25 minutes)
 def test_every_run_of_compare_is_a_task_holding_the_learners_cpus_and_gpus(tmp_path):
     compare(Config(learner_gpus=1, dense_baseline=True, **SHORT), tmp_path, seeds=[0], methods=["random"])
     for method in ("edropout", "random"):

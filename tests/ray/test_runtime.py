@@ -97,6 +97,7 @@ def test_a_lost_learner_without_checkpoints_stops_the_run_clearly():
         train(shards=1, kill_learner_at=2)
 
 
+@pytest.mark.extended  # 17 s: make test-all (CI's 25 minutes)
 def test_overlap_runs_with_energies_one_step_old(one_shard):
     mask_1, rows_1, _ = one_shard
     mask, rows, _ = train(shards=2, overlap=True)

@@ -131,6 +131,7 @@ def test_loader_yields_every_row_once_in_file_order(ray_local, folders):
     assert loader.generator.get_state().equal(torch.Generator().manual_seed(0).get_state())  # untouched
 
 
+@pytest.mark.extended  # 22 s: make test-all (CI's 25 minutes)
 def test_shuffled_epochs_cover_every_row_and_replay_from_generator_state(ray_local, folders):
     _, dest, _ = folders
     loader = StreamingLoader(dest / "train", image_size=8, channels=3, batch_size=3, shuffle=True, seed=5,

@@ -90,7 +90,8 @@ def check_folded_with_batch_statistics(space: PruningSpace, states: torch.Tensor
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", list(TIMM_FAMILIES))
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.extended) if f == "ResNeSt" else f  # 23 s
+                                    for f in TIMM_FAMILIES])
 def test_timm_family_is_pruned_exactly(family, caplog):
     caplog.set_level(logging.ERROR)
     spec = f"timm:{TIMM_FAMILIES[family]}"

@@ -11,7 +11,7 @@ from edropout_ray.errors import ConfigError
 from edropout_ray.artifacts.onnx_model import ONNX_FILE, OnnxRunner, save_onnx
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["small_cnn", pytest.param("mobilenet_v2", marks=pytest.mark.extended)])  # 18 s
 def test_onnx_file_matches_masked_model_in_onnx_runtime(name, tmp_path):
     space = space_of(name)
     state = random_states(space, 1, seed=11)[0]
