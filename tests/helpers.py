@@ -200,3 +200,15 @@ def double_mlp(num_classes: int, in_channels: int, image_size: int) -> torch.nn.
     features = in_channels * image_size * image_size
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, 32), torch.nn.ReLU(),
                                torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, num_classes)).double()
+
+
+def after_each_step(engine, action) -> None:
+    """Call `action(engine)` after every step the engine takes (a kill at a given step, a record of state)."""
+    step = engine.step
+
+    def step_then_act(x, y, epoch):
+        record = step(x, y, epoch)
+        action(engine)
+        return record
+
+    engine.step = step_then_act

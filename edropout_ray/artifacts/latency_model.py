@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..pruning.sizing import counts_for_size
+from ..pruning.sizing import counts_for_size, state_with_counts
 from ..pruning.space import PruningSpace
 from .latency import time_interleaved
 from .storage import Folder
@@ -93,8 +93,7 @@ def measure(space: PruningSpace, key: dict, multiple: int, repeats: int) -> Late
     points = [[1.0, 1.0]]
     try:
         for width in WIDTHS:
-            counts = counts_for_size(space, width, multiple, cost="macs")
-            state = torch.cat([torch.arange(size) < count for size, count in zip(space.group_sizes, counts)])
+            state = state_with_counts(space.group_sizes, counts_for_size(space, width, multiple, cost="macs"))
             pruned = space.export(state).eval()
             timed = time_interleaved({"dense": lambda: dense(x), "pruned": lambda: pruned(x)}, device, repeats=repeats)
             samples = timed["samples_ms"]

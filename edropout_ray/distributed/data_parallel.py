@@ -43,13 +43,6 @@ def join_group(rank: int, size: int, address: str, backend: str, timeout_s: floa
     dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s))
 
 
-def leave_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _collective(operation, *args, **kwargs) -> None:
     try:
         operation(*args, **kwargs)

@@ -24,7 +24,7 @@ import torch
 from ..config import Config
 from ..training.contract import StepResult
 from ..training.learner import Learner
-from .data_parallel import GradientAverage, PeerLost, free_address, join_group, leave_group
+from .data_parallel import GradientAverage, PeerLost, free_address, join_group
 from .learner_group import BatchPart, LearnerGroup, combine, split_batch
 from .liveness import ActorLostError, Liveness
 from .placement import actor_device, computing_on
@@ -93,9 +93,6 @@ class LearnerWorker:
         """A step on this worker's part of the global batch (`share` of it), averaged over the group."""
         self.averager.share = share
         return self.step(state, x, y)
-
-    def leave(self) -> None:
-        leave_group()
 
     def end_epoch(self) -> None:
         self._ready().end_epoch()

@@ -59,6 +59,11 @@ def fit_to_size(space: PruningSpace, state_for: Callable[[float], torch.Tensor],
     return best
 
 
+def state_with_counts(group_sizes, counts: torch.Tensor) -> torch.Tensor:
+    """A state keeping the first `counts[g]` units of every group g (which units does not matter for a size)."""
+    return torch.cat([torch.arange(int(size)) < count for size, count in zip(group_sizes, counts)])
+
+
 def counts_for_size(space: PruningSpace, target: float, multiple: int = 1, cost: str = "params") -> torch.Tensor:
     """Units to keep per group so that a state keeps `target` of `cost`.
 
@@ -70,7 +75,7 @@ def counts_for_size(space: PruningSpace, target: float, multiple: int = 1, cost:
     sizes = torch.tensor(space.group_sizes)
 
     def state_of(counts: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.arange(int(size)) < count for size, count in zip(sizes, counts)])
+        return state_with_counts(sizes, counts)
 
     def uniform(fraction: float) -> torch.Tensor:
         exact = fraction * sizes

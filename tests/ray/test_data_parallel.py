@@ -20,7 +20,7 @@ from edropout_ray.models import ModelRecipe
 from edropout_ray.pruning.space import PruningSpace
 from edropout_ray.train import TrainLoop, make_engine, prepare
 
-from helpers import random_states
+from helpers import after_each_step, random_states
 
 pytestmark = pytest.mark.slow
 
@@ -79,16 +79,11 @@ def train(workers: int, kill_worker_at: int | None = None, checkpoint_dir=None, 
     (mask, rows, engine, report's resources, each worker's final weights)."""
     setup = prepare(Config(learner_workers=workers, **RUN, **keys))
     engine = make_engine(PruningSpace(setup.new_model(), setup.example_inputs()), setup)
-    if kill_worker_at is not None:
-        original_step = engine.step
+    def kill_at_its_step(engine):
+        if engine.step_count == kill_worker_at:  # as a lost node does
+            ray.kill(engine.learner.group.workers[1], no_restart=True)
 
-        def step_then_kill(x, y, epoch):
-            record = original_step(x, y, epoch)
-            if engine.step_count == kill_worker_at:  # as a lost node does
-                ray.kill(engine.learner.group.workers[1], no_restart=True)
-            return record
-
-        engine.step = step_then_kill
+    after_each_step(engine, kill_at_its_step)
     loop = TrainLoop(engine, setup, f"workers={workers}", checkpoint_dir=checkpoint_dir)
     try:
         loop.run(progress=False)
@@ -150,19 +145,15 @@ def test_the_learner_gives_its_devices_to_the_shards_while_the_population_search
                                                   "shards_start_ahead": 1, "share_devices_across_phases": True}))
     engine = make_engine(PruningSpace(setup.new_model(), setup.example_inputs()), setup)
     seen: list[tuple[int, bool]] = []  # (learner workers, shards running) after each step
-    original_step = engine.step
-
     so_far: list[dict] = []  # a sweep trial's per-epoch count, taken while the shard runs
 
-    def watched(x, y, epoch):
-        record = original_step(x, y, epoch)
+    def watch(engine):
         seen.append((engine.learner.group.size, engine.pool.running))
         if engine.pool.running and not so_far:
             so_far.append(engine.usage_so_far())
             assert engine.pool.running, "counting ended nothing"
-        return record
 
-    engine.step = watched
+    after_each_step(engine, watch)
     loop = TrainLoop(engine, setup, "elastic")
     try:
         loop.run(progress=False)

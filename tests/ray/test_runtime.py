@@ -14,6 +14,8 @@ from edropout_ray.distributed.liveness import ActorLostError
 from edropout_ray.pruning.space import PruningSpace
 from edropout_ray.train import TrainLoop, make_engine, prepare
 
+from helpers import after_each_step
+
 pytestmark = pytest.mark.slow
 
 BUDGET = dict(epochs=2, max_steps_per_epoch=4, batch_size=64, seed=5,
@@ -34,18 +36,13 @@ def train(shards: int, overlap: bool = False, kill_shard_at: int | None = None, 
     setup = prepare(Config(shards=shards, overlap=overlap, **BUDGET, **keys))
     space = PruningSpace(setup.new_model(), setup.example_inputs())
     engine = make_engine(space, setup)
-    if kill_shard_at is not None or kill_learner_at is not None:
-        original_step = engine.step
+    def kill_at_its_step(engine):
+        if engine.step_count == kill_shard_at:
+            ray.kill(engine.pool.shards[0], no_restart=True)
+        if engine.step_count == kill_learner_at:  # as a lost node does: Ray may restart it
+            ray.kill(engine.learner.actor, no_restart=False)
 
-        def step_then_kill(x, y, epoch):
-            record = original_step(x, y, epoch)
-            if engine.step_count == kill_shard_at:
-                ray.kill(engine.pool.shards[0], no_restart=True)
-            if engine.step_count == kill_learner_at:  # as a lost node does: Ray may restart it
-                ray.kill(engine.learner.actor, no_restart=False)
-            return record
-
-        engine.step = step_then_kill
+    after_each_step(engine, kill_at_its_step)
     loop = TrainLoop(engine, setup, f"shards={shards}", checkpoint_dir=checkpoint_dir)
     try:
         loop.run(progress=False)

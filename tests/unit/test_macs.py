@@ -11,7 +11,7 @@ from torchvision.models import VisionTransformer, resnet18
 from edropout_ray.config import Config, ConfigError
 from edropout_ray.models import lenet5
 from edropout_ray.pruning.macs import positions_per_weight
-from edropout_ray.pruning.sizing import counts_for_size, fit_states_to_size, fit_to_size, size_fraction
+from edropout_ray.pruning.sizing import counts_for_size, fit_states_to_size, fit_to_size, size_fraction, state_with_counts
 from edropout_ray.pruning.space import PruningSpace
 
 
@@ -86,7 +86,7 @@ def test_populations_and_uniform_widths_hold_a_macs_target(resnet_space, multipl
     for state in fitted:
         assert size_fraction(space, state, "macs") == pytest.approx(0.3, abs=0.01)
     counts = counts_for_size(space, 0.3, multiple, cost="macs")
-    uniform = torch.cat([torch.arange(size) < count for size, count in zip(space.group_sizes, counts)])
+    uniform = state_with_counts(space.group_sizes, counts)
     assert size_fraction(space, uniform, "macs") == pytest.approx(0.3, abs=0.02)
 
 
