@@ -17,7 +17,7 @@ TORCHVISION_TESTED = ("resnet18", "resnet50", "alexnet", "squeezenet1_1", "vgg11
                       "resnext50_32x4d", "regnet_x_400mf", "convnext_tiny")
 
 # The project's own models (models.py); small_cnn, mlp and resnet20 are among tests/conftest.py's MODELS.
-BUILT_IN = ("small_cnn", "mlp", "lenet5", "resnet20")
+BUILT_IN = ("small_cnn", "mlp", "lenet5", "resnet20", "small_vit")
 
 # One small variant per timm family, checked the same way.
 TIMM_FAMILIES = {
@@ -62,11 +62,12 @@ TRANSFORMER_FAMILIES = {
     "deit": ("DeiT (timm)", "timm:deit_small_patch16_224"),
     "swin": ("Swin (timm)", "timm:swin_tiny_patch4_window7_224"),
     "torchvision_vit": ("ViT (torchvision)", "vit_b_16"),
+    "torchvision_swin": ("Swin (torchvision)", "swin_t"),
 }
 
 # Transformers whose heads are not units yet, and not tested: name -> why.
 HEADS_KEPT = {
-    "swin_t": "torchvision's Swin: its shifted_window_attention takes the head size from the embedding width",
+    "swin_v2_t": "torchvision's Swin V2: cosine attention with a logit scale and a position-bias MLP per head",
 }
 
 # Refused with a clear error (tests/unit/test_model_coverage.py checks that they are): name -> why.

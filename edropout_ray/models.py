@@ -107,6 +107,22 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 
 
+def small_vit(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, patch_size: int = 7) -> nn.Module:
+    """A four-block ViT for small gray images (timm's `VisionTransformer`: width 64, 4 heads of 16, MLP 128).
+
+    With 28x28 images and patches of 7, 16 patch tokens and a class token; 0.14M parameters. Small
+    enough to train on a CPU in minutes, so transformer pruning can be compared on real data.
+    """
+    if image_size % patch_size:
+        raise ConfigError(f"small_vit needs image_size divisible by its patch size {patch_size}, got {image_size}")
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        raise ConfigError("model small_vit needs timm: pip install 'edropout_ray[timm]'") from None
+    return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_channels, num_classes=num_classes,
+                             embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+
+
 def is_torchvision_name(spec: str) -> bool:
     return ":" not in spec
 

@@ -40,7 +40,9 @@ import torch_pruning as tp
 from torch import nn
 
 from ..config import Config
+from ..errors import UnsupportedModelError
 from ..pruning.groups import CONVS
+from ..pruning.heads import heads_called_as_modules, is_headed
 from ..pruning.modes import eval_mode, scoring_mode
 from ..pruning.sizing import fit_to_size, kept_summary
 from ..pruning.space import PruningSpace, UnitGroup
@@ -66,12 +68,13 @@ def make_pruner(space: PruningSpace, importance: tp.importance.Importance,
     """
     model = space.model
     options = dict(importance=importance, root_module_types=list(ROOT_TYPES), global_pruning=False)
-    with eval_mode(model), torch.enable_grad():  # tracing runs a forward: no normalization statistics move
+    # tracing runs a forward: no normalization statistics move; projections called as modules, as the space traces
+    with eval_mode(model), torch.enable_grad(), heads_called_as_modules(model):
         if reg is None:
             pruner = tp.pruner.BasePruner(model, space.example_inputs, **options)
         else:
             pruner = tp.pruner.GroupNormPruner(model, space.example_inputs, reg=reg, **options)
-    roots = {group.root for group in space.groups}
+    roots = tp_roots(space)
     names = {module: name for name, module in model.named_modules()}
     outside = [group[0].dep.target.module for group in _all_groups(pruner)
                if names.get(group[0].dep.target.module) not in roots]
@@ -84,17 +87,47 @@ def _all_groups(pruner: tp.pruner.BasePruner):
     return pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
 
 
-def matched_groups(space: PruningSpace, pruner: tp.pruner.BasePruner) -> Iterator[tuple[UnitGroup, object]]:
-    """(the space's group, Torch-Pruning's group) for every unit group, matched by root layer."""
-    by_root = {group.root: group for group in space.groups}
+def tp_roots(space: PruningSpace) -> dict[str, tuple[UnitGroup, list[int]]]:
+    """Torch-Pruning's root layer of every unit group, with the unit of each of that layer's channels.
+
+    A group of attention heads is rooted at the attention module here and at its qkv projection in
+    Torch-Pruning, whose graph stops at the reshape into heads: q, k and v rows of head h are channel
+    units of that projection, so a head's importance is the mean over its 3 x head_dim rows (as
+    Torch-Pruning's `prune_num_heads` reduces channel importances to heads).
+    """
+    modules = dict(space.model.named_modules())
+    roots = {}
+    for group in space.groups:
+        module = modules[group.root]
+        if not is_headed(module):
+            roots[group.root] = (group, group.units_of_channels())
+            continue
+        qkv = getattr(module, "qkv", None)
+        if not isinstance(qkv, nn.Linear):
+            raise UnsupportedModelError(
+                f"Torch-Pruning's pipelines cannot score the heads of {group.root} ({type(module).__name__}): its "
+                "graph has no layer for the packed q, k, v projection of nn.MultiheadAttention. Compare such models "
+                "with random or l1, or use a timm ViT (its Attention has a qkv Linear)")
+        width = qkv.out_features // 3
+        head_dim = width // group.size
+        roots[f"{group.root}.qkv"] = (group, [group.start + (row % width) // head_dim for row in range(3 * width)])
+    return roots
+
+
+def matched_groups(space: PruningSpace, pruner: tp.pruner.BasePruner
+                   ) -> Iterator[tuple[UnitGroup, object, list[int]]]:
+    """(the space's group, Torch-Pruning's group, the unit of each of its root's channels) for every unit
+    group, matched by root layer."""
+    roots = tp_roots(space)
     names = {module: name for name, module in space.model.named_modules()}
     found = set()
     for tp_group in _all_groups(pruner):
-        unit_group = by_root.get(names.get(tp_group[0].dep.target.module))
-        if unit_group is not None:
-            found.add(unit_group.root)
-            yield unit_group, tp_group
-    missing = set(by_root) - found
+        root = names.get(tp_group[0].dep.target.module)
+        if root in roots:
+            found.add(root)
+            unit_group, units = roots[root]
+            yield unit_group, tp_group, units
+    missing = set(roots) - found
     if missing:
         raise RuntimeError(f"Torch-Pruning found no group rooted at {', '.join(sorted(missing))}")
 
@@ -108,11 +141,11 @@ def unit_scores(space: PruningSpace, pruner: tp.pruner.BasePruner, state: torch.
     sums = torch.zeros(space.num_units, dtype=torch.float64)
     counts = torch.zeros(space.num_units, dtype=torch.float64)
     with _pruned_zeroed(space, state):
-        for unit_group, tp_group in matched_groups(space, pruner):
+        for unit_group, tp_group, units_of_channels in matched_groups(space, pruner):
             importance = pruner.estimate_importance(tp_group)
             if importance is None:
                 raise RuntimeError(f"Torch-Pruning's importance is undefined for the group at {unit_group.root}")
-            units = torch.tensor(unit_group.units_of_channels())
+            units = torch.tensor(units_of_channels)
             sums.index_add_(0, units, importance.detach().double().cpu())
             counts.index_add_(0, units, torch.ones(len(units), dtype=torch.float64))
     scores = (sums / counts.clamp(min=1)).float()

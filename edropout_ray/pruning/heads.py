@@ -11,8 +11,9 @@ the exported module gets the new head count with the head dimension unchanged. A
 
 Known modules: timm's `Attention` (ViT, DeiT, ...) and Swin's `WindowAttention`, whose forwards
 take the head count from `num_heads` (and `attn_dim`) and nothing else from the width; torch's
-`nn.MultiheadAttention` (torchvision's ViT), whose forward ties the head size to the embedding
-width, so a model with fewer heads runs `SelfAttentionOfHeads` instead.
+`nn.MultiheadAttention` (torchvision's ViT) and torchvision's Swin `ShiftedWindowAttention`, whose
+forwards tie the head size to the width, so a module with fewer heads runs `SelfAttentionOfHeads`
+or `WindowAttentionOfHeads` (window_attention.py) instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+
+from .window_attention import WindowAttentionOfHeads
 
 PER_HEAD_TABLES = ("relative_position_bias_table",)  # [positions, heads]: a head is a column
 
@@ -85,8 +89,26 @@ def _timm_classes() -> tuple[type, ...]:
     return Attention, WindowAttention
 
 
+# torch/torchvision modules whose own forward cannot run fewer heads -> the subclass that runs any head count
+OF_HEADS = {nn.MultiheadAttention: SelfAttentionOfHeads, ShiftedWindowAttention: WindowAttentionOfHeads}
+
+
+def _plain_class(module: nn.Module) -> type:
+    cls = type(module)
+    return cls.__bases__[0] if cls in OF_HEADS.values() else cls
+
+
 def _is_torch_attention(module: nn.Module) -> bool:
-    return type(module) in (nn.MultiheadAttention, SelfAttentionOfHeads)
+    return _plain_class(module) is nn.MultiheadAttention
+
+
+def _runs_heads_by_width(module: nn.Module) -> bool:
+    """torch's attention or torchvision's Swin V1 window attention (exact classes: Swin V2 is a subclass)."""
+    return _plain_class(module) in OF_HEADS
+
+
+def _width(module: nn.Module) -> int:
+    return module.embed_dim if _is_torch_attention(module) else module.qkv.in_features
 
 
 def _qkv_bias_name(module: nn.Module) -> str:
@@ -109,7 +131,10 @@ def find_attentions(model: nn.Module) -> tuple[list[HeadedAttention], list[tuple
             else:
                 found.append(HeadedAttention(name, module.num_heads, module.head_dim, "in_proj_weight",
                                              "out_proj.weight"))
-        elif timm_classes and type(module) in timm_classes:
+        elif type(module) is ShiftedWindowAttentionV2:
+            refused.append((f"{name}.qkv", "Swin V2's cosine attention (a logit scale and a position-bias MLP per "
+                                           "head) is not built as head units"))
+        elif _runs_heads_by_width(module) or timm_classes and type(module) in timm_classes:
             if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity):
                 refused.append((f"{name}.qkv", "a normalization over every head's output (scale_norm)"))
             elif getattr(module, "gate", None) is not None:
@@ -122,7 +147,7 @@ def find_attentions(model: nn.Module) -> tuple[list[HeadedAttention], list[tuple
 
 def is_headed(module: nn.Module) -> bool:
     timm_classes = _timm_classes()
-    return _is_torch_attention(module) or bool(timm_classes) and type(module) in timm_classes
+    return _runs_heads_by_width(module) or bool(timm_classes) and type(module) in timm_classes
 
 
 def qkv_weight_name(name: str, module: nn.Module) -> str:
@@ -138,8 +163,9 @@ def _set_heads(module: nn.Module, heads: int, head_dim: int) -> None:
     module.num_heads = heads
     if hasattr(module, "attn_dim"):
         module.attn_dim = heads * head_dim
-    if _is_torch_attention(module):
-        module.__class__ = SelfAttentionOfHeads if heads * head_dim != module.embed_dim else nn.MultiheadAttention
+    if _runs_heads_by_width(module):
+        plain = _plain_class(module)
+        module.__class__ = OF_HEADS[plain] if heads * head_dim != _width(module) else plain
 
 
 @contextlib.contextmanager
@@ -147,8 +173,8 @@ def heads_for(module: nn.Module, qkv_rows: int):
     """While active, `module` runs with the heads its compact q, k, v weight of `qkv_rows` rows holds."""
     head_dim, original, cls = _head_dim(module), module.num_heads, type(module)
     _set_heads(module, qkv_rows // (3 * head_dim), head_dim)
-    if _is_torch_attention(module):
-        module.__class__ = SelfAttentionOfHeads
+    if _runs_heads_by_width(module):
+        module.__class__ = OF_HEADS[_plain_class(module)]
     try:
         yield
     finally:
@@ -158,16 +184,18 @@ def heads_for(module: nn.Module, qkv_rows: int):
 
 @contextlib.contextmanager
 def heads_called_as_modules(model: nn.Module):
-    """While active, nn.MultiheadAttention calls its output projection as a module (folded scoring's hooks)."""
-    swapped = [m for m in model.modules() if type(m) is nn.MultiheadAttention and m._qkv_same_embed_dim
+    """While active, torch's attention and torchvision's Swin window attention call their projections as
+    modules (folded scoring's hooks)."""
+    swapped = [m for m in model.modules()
+               if type(m) is ShiftedWindowAttention or type(m) is nn.MultiheadAttention and m._qkv_same_embed_dim
                and m.bias_k is None and not m.add_zero_attn]
     for module in swapped:
-        module.__class__ = SelfAttentionOfHeads
+        module.__class__ = OF_HEADS[type(module)]
     try:
         yield
     finally:
         for module in swapped:
-            module.__class__ = nn.MultiheadAttention
+            module.__class__ = _plain_class(module)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .heads import is_headed, remove_heads
+from .heads import heads_called_as_modules, is_headed, remove_heads
 
 
 def prune_physically(model: nn.Module, groups: Sequence, example_inputs: torch.Tensor,
@@ -23,7 +23,7 @@ def prune_physically(model: nn.Module, groups: Sequence, example_inputs: torch.T
     model = copy.deepcopy(model)
     was_training = model.training
     model.eval()  # tracing must not update normalization statistics
-    with torch.enable_grad():  # the graph is traced through autograd
+    with torch.enable_grad(), heads_called_as_modules(model):  # traced through autograd, projections as modules
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=_like_model(example_inputs, model),
                                                       verbose=False)
     modules = dict(model.named_modules())

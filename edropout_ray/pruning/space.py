@@ -29,7 +29,7 @@ from .scoring import StateScoring
 from .scoring_options import ScoringOptions
 from ..errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
-from .heads import HeadedAttention, find_attentions
+from .heads import HeadedAttention, find_attentions, heads_called_as_modules
 from .macs import positions_per_weight
 from .modes import eval_mode
 from .removal import prune_physically
@@ -102,7 +102,8 @@ class PruningSpace(StateScoring):
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
         norm_inputs, hooks = record_inputs(self.model)
-        with eval_mode(self.model), torch.enable_grad():
+        # projections called as modules: Torch-Pruning sees only module calls (heads.heads_called_as_modules)
+        with eval_mode(self.model), torch.enable_grad(), heads_called_as_modules(self.model):
             try:
                 graph = tp.DependencyGraph().build_dependency(self.model, example_inputs=self.example_inputs,
                                                               verbose=False)

@@ -7,11 +7,13 @@ import copy
 import pytest
 import torch
 import torch_pruning as tp
+import torchvision
 from torch import nn
 
 from edropout_ray.baselines import torch_pruning as tpb
 from edropout_ray.baselines.registry import run_baseline
 from edropout_ray.config import Config
+from edropout_ray.errors import UnsupportedModelError
 from edropout_ray.pruning.sizing import parameters_fraction, size_fraction
 from edropout_ray.pruning.space import PruningSpace
 from edropout_ray.training.learner import Learner
@@ -120,6 +122,34 @@ def test_unit_scores_are_torch_prunings_group_magnitude_importance():
                                                                 list(range(layer.out_features)))).float()
                              for layer in (exported[0], exported[2])])
     torch.testing.assert_close(pruned_scores[state], on_exported)
+
+
+def test_a_heads_score_is_the_mean_of_torch_prunings_importance_over_its_q_k_v_rows():
+    """Heads are one unit here and rows of the qkv projection in Torch-Pruning (heads.py): the pipelines
+    score a head by its rows, and the MLP neurons as before."""
+    pytest.importorskip("timm")
+    from edropout_ray.models import small_vit
+
+    torch.manual_seed(0)
+    model = small_vit(image_size=28)
+    space = PruningSpace(model, torch.randn(2, 1, 28, 28))
+    importance = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
+    scores = tpb.unit_scores(space, tpb.make_pruner(space, importance), torch.ones(space.num_units, dtype=torch.bool))
+    graph = tp.DependencyGraph().build_dependency(copy.deepcopy(model), example_inputs=torch.randn(2, 1, 28, 28))
+    heads = next(g for g in space.groups if g.root == "blocks.1.attn")
+    qkv = graph.model.blocks[1].attn.qkv
+    rows = importance(graph.get_pruning_group(qkv, tp.prune_linear_out_channels, list(range(qkv.out_features))))
+    per_head = rows.float().view(3, heads.size, -1).mean(dim=(0, 2))  # [q | k | v], heads in order in each
+    torch.testing.assert_close(scores[heads.start:heads.start + heads.size], per_head)
+    assert per_head.unique().numel() == heads.size, "distinct heads: a wrong row-to-head map would show"
+
+
+def test_torch_prunings_pipelines_refuse_the_packed_heads_of_torchs_attention():
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                                 hidden_dim=16, mlp_dim=32, num_classes=10)
+    space = PruningSpace(model, torch.randn(2, 3, 32, 32))
+    with pytest.raises(UnsupportedModelError, match="nn.MultiheadAttention.*random or l1"):
+        tpb.make_pruner(space, tp.importance.GroupMagnitudeImportance())
 
 
 def test_taylor_scores_need_and_use_gradients():

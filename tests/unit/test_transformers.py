@@ -1,6 +1,6 @@
 """Vision transformers: attention heads are units (a head's q, k, v rows and projection columns together),
 and the pruned model is exact. Small random-init configurations of timm's ViT, DeiT and Swin and of
-torchvision's ViT, float64."""
+torchvision's ViT and Swin, float64."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ SMALL = {  # small configurations of each family, for a 32x32 input
     "swin": _timm("swin_tiny_patch4_window7_224", window_size=4, depths=(1, 1), num_heads=(2, 4), embed_dim=16),
     "torchvision_vit": lambda: _with_random_head(torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64, num_classes=10)),
+    # two blocks a stage: the second's window is shifted (its own forward, window_attention.py)
+    "torchvision_swin": lambda: torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[3, 3], num_classes=10),
 }
 
 
@@ -135,3 +138,21 @@ def test_the_listing_names_the_transformer_families_tested_here():
     text = listing()
     for family, name in TRANSFORMER_FAMILIES.values():
         assert f"{family:<20} {name}" in text
+
+
+@pytest.mark.parametrize("window, shift, height, width", [
+    ([4, 4], [0, 0], 8, 8), ([4, 4], [2, 2], 7, 10), ([4, 4], [2, 2], 4, 9), ([3, 5], [1, 2], 9, 11)])
+def test_the_window_attention_of_heads_computes_torchvisions_swin_attention(window, shift, height, width):
+    """Padding, a cyclic shift with its mask, a shift dropped along an axis one window covers (4 x 9)."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    from edropout_ray.pruning.window_attention import WindowAttentionOfHeads
+
+    torch.manual_seed(0)
+    module = ShiftedWindowAttention(16, window, shift, num_heads=4).double().eval()
+    torch.nn.init.normal_(module.relative_position_bias_table)
+    x = torch.randn(2, height, width, 16, dtype=torch.float64)
+    with torch.no_grad():
+        expected = module(x)
+        module.__class__ = WindowAttentionOfHeads
+        torch.testing.assert_close(module(x), expected, rtol=1e-12, atol=1e-12)
