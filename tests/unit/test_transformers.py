@@ -109,6 +109,19 @@ def test_vit_runs_heads_at_their_own_size():
     assert module.num_heads == 4 and module.attn_dim == 32, "the dense model keeps its heads after the call"
 
 
+def test_torchvisions_swin_runs_at_its_own_size_with_fewer_heads():
+    space = small_space("torchvision_swin")
+    assert space.at_size_supported
+    state = some_states(space)[0]
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(space.at_size_forward(state, x), space.masked_forward(state, x),
+                                   rtol=1e-9, atol=1e-12)
+    module = space.model.features[1][0].attn
+    assert type(module) is torchvision.models.swin_transformer.ShiftedWindowAttention and module.num_heads == 2, \
+        "the dense model keeps its class and heads after the call"
+
+
 def test_swin_without_its_norms_pruned_says_why_it_runs_masked(caplog):
     space = small_space("swin")
     with caplog.at_level(logging.WARNING):
@@ -116,8 +129,9 @@ def test_swin_without_its_norms_pruned_says_why_it_runs_masked(caplog):
     assert "LayerNorm/GroupNorm over channels" in caplog.text
 
 
-@pytest.mark.parametrize("key", ["vit", "torchvision_vit"])
-def test_onnx_export_of_a_pruned_vit(key, tmp_path):
+@pytest.mark.parametrize("key", ["vit", "torchvision_vit", pytest.param("swin", marks=pytest.mark.extended),
+                                 pytest.param("torchvision_swin", marks=pytest.mark.extended)])
+def test_onnx_export_of_a_pruned_transformer(key, tmp_path):
     pytest.importorskip("onnxruntime")
     from edropout_ray.artifacts.onnx_model import OnnxRunner, save_onnx
 
