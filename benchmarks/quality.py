@@ -110,6 +110,10 @@ def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None, 
              f"for every method, seeds {seeds}, {took} (top-1 mean ± std over seeds); sizes are shares of the "
              f"{BUDGET_WORDS[budget].format(batch=config.latency_target_batch)}.", "",
              "| model | size | method | top-1 (%) | vs dense | params kept | MACs kept |", "|---|---|---|---|---|---|---|"]
+    own = {model: {k: v for k, v in MODELS[model].items() if k not in ("model", "image_size")} for model in dense}
+    own = {model: ", ".join(f"{k} {v}" for k, v in settings.items()) for model, settings in own.items() if settings}
+    if own:  # a model's own training settings (small_vit's optimizer), said above its rows
+        lines[0] += " Per model: " + "; ".join(f"{model}: {settings}" for model, settings in own.items()) + "."
     for r in rows:
         if r["method"] == "dense":
             continue
