@@ -5,10 +5,11 @@ state keeps (output channels of a filter bank, input channels of its consumers, 
 normalization statistics). Gathering those slices with `index_select` and running the model's
 modules on them through `functional_call` computes what the exported network computes, at its
 cost, without copying the model: convolutions, linear layers and batch norms take their sizes from
-their tensors. A depthwise conv's `groups` is set to its kept channels for the call. Layers that
-hold another channel count of their own (a LayerNorm's shape, a reshape by a fixed width) cannot
-run this way; `PruningSpace` finds that out once per model by comparing with the masked network,
-and falls back to masking.
+their tensors. A depthwise conv's `groups`, an attention's head count and a LayerNorm's
+`normalized_shape` are set to the kept channels for the call. Layers that hold another channel
+count of their own (a GroupNorm's groups, a reshape by a fixed width) cannot run this way;
+`PruningSpace` finds that out once per model by comparing with the masked network, and falls back
+to masking.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ from torch.func import functional_call
 
 from .heads import heads_for, is_headed, qkv_weight_name
 
-# per tensor: kept indices along dim 0 and along dim 1 (None: that dim is not cut), and where both dims
-# are cut, the rows of the kept (out, in) blocks in the tensor with its first two dims flattened
-KeptIndices = dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]
+# per tensor: kept indices along its out dim and along dim 1 (None: that dim is not cut); where both dims
+# are cut, the rows of the kept (out, in) blocks in the tensor with its first two dims flattened; the out
+# dim (0, or the last of a token tensor cut along it alone)
+KeptIndices = dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int]]
 
 
 class CompactLayout:
     """Which state bit each slice of each tensor follows, and the gathers and scatters it implies.
 
-    `slices`: (name, out_index, in_index) for every cut tensor; an index maps each slice along
-    that dim to a state bit, `num_units` meaning a slice no unit controls (always kept).
+    `slices`: (name, out_index, in_index, out_dim) for every cut tensor; an index maps each slice along
+    its dim (out_dim, usually 0, or 1) to a state bit, `num_units` meaning a slice no unit controls
+    (always kept).
     """
 
-    def __init__(self, slices: Iterable[tuple[str, torch.Tensor | None, torch.Tensor | None]]):
-        self.indices = {name: (out_index, in_index) for name, out_index, in_index in slices}
+    def __init__(self, slices: Iterable[tuple[str, torch.Tensor | None, torch.Tensor | None, int]]):
+        slices = list(slices)
+        self.indices = {name: (out_index, in_index) for name, out_index, in_index, _ in slices}
+        self.out_dims = {name: out_dim for name, _, _, out_dim in slices}
         # a layer's weight, bias and statistics share one index: each distinct index is read once per state
         distinct: dict[tuple, int] = {}
         self._which = {name: tuple(None if index is None else distinct.setdefault(tuple(index.tolist()), len(distinct))
@@ -55,17 +60,17 @@ class CompactLayout:
         if device.type != "cpu" and found:
             found = list(torch.cat(found).to(device).split([len(k) for k in found]))
         kept, blocks = found[:len(kept)], dict(zip(blocks, found[len(kept):]))
-        return {name: (*(None if k is None else kept[k] for k in pair), blocks.get(pair))
+        return {name: (*(None if k is None else kept[k] for k in pair), blocks.get(pair), self.out_dims[name])
                 for name, pair in self._which.items()}
 
     @staticmethod
     def gather(tensor: torch.Tensor, kept: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
         """The kept slices of `tensor` (differentiable: gradients flow back to the dense tensor)."""
-        out_kept, in_kept, flat = kept
+        out_kept, in_kept, flat, out_dim = kept
         if flat is not None:  # one pass over the kept (out, in) blocks
             return tensor.flatten(0, 1).index_select(0, flat).view(len(out_kept), len(in_kept), *tensor.shape[2:])
         if out_kept is not None:
-            return tensor.index_select(0, out_kept)
+            return tensor.index_select(out_dim, out_kept)
         if in_kept is not None:
             return tensor.index_select(1, in_kept)
         return tensor
@@ -75,7 +80,7 @@ class CompactLayout:
     def scatter_(dense: torch.Tensor, compact: torch.Tensor,
                  kept: tuple[torch.Tensor | None, ...]) -> None:
         """Write `compact` into the kept slices of `dense`, in place; the other entries stay as they are."""
-        out_kept, in_kept, flat = kept
+        out_kept, in_kept, flat, out_dim = kept
         if flat is not None and dense.is_contiguous():
             dense.view(-1, *dense.shape[2:]).index_copy_(0, flat, compact.reshape(-1, *dense.shape[2:]))
         elif out_kept is not None and in_kept is not None:
@@ -83,7 +88,7 @@ class CompactLayout:
             rows.index_copy_(1, in_kept, compact)
             dense.index_copy_(0, out_kept, rows)
         elif out_kept is not None:
-            dense.index_copy_(0, out_kept, compact)
+            dense.index_copy_(out_dim, out_kept, compact)
         elif in_kept is not None:
             dense.index_copy_(1, in_kept, compact)
         else:
@@ -101,7 +106,8 @@ def _block_index(out_kept: torch.Tensor, in_kept: torch.Tensor, width: int) -> t
 
 def depthwise_convs(model: nn.Module, layout: CompactLayout) -> dict[str, nn.Module]:
     """Weight name -> layer, for the layers that keep a size of their own that follows that tensor:
-    depthwise convs (one group per channel) and attention modules (their head count, heads.py)."""
+    depthwise convs (one group per channel), attention modules (their head count, heads.py) and
+    LayerNorms over one cut dim (their `normalized_shape`)."""
     found = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 \
@@ -110,7 +116,14 @@ def depthwise_convs(model: nn.Module, layout: CompactLayout) -> dict[str, nn.Mod
             found[f"{name}.weight"] = module
         elif is_headed(module) and qkv_weight_name(name, module) in layout.indices:
             found[qkv_weight_name(name, module)] = module
+        elif sized_layer_norm(module) and f"{name}.weight" in layout.indices:
+            found[f"{name}.weight"] = module
     return found
+
+
+def sized_layer_norm(module: nn.Module) -> bool:
+    """A LayerNorm that runs at a state's size once its `normalized_shape` follows its compact weight."""
+    return isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1 and module.weight is not None
 
 
 def run_at_size(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor,
@@ -123,7 +136,7 @@ def run_at_size(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Ten
     x = preferred_layout(x)
     with contextlib.ExitStack() as stack:
         for weight_name, layer in depthwise.items():
-            sized = heads_for if is_headed(layer) else _groups
+            sized = heads_for if is_headed(layer) else _normalized if isinstance(layer, nn.LayerNorm) else _groups
             stack.enter_context(sized(layer, tensors[weight_name].shape[0]))
         return functional_call(model, tensors, (x,))
 
@@ -143,6 +156,16 @@ def _groups(conv: nn.Module, groups: int):
         yield
     finally:
         conv.groups = original
+
+
+@contextlib.contextmanager
+def _normalized(norm: nn.LayerNorm, channels: int):
+    original = norm.normalized_shape
+    norm.normalized_shape = (channels,)
+    try:
+        yield
+    finally:
+        norm.normalized_shape = original
 
 
 def probe_state(group_sizes: list[int], device: torch.device | None = None) -> torch.Tensor:

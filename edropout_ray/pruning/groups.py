@@ -137,12 +137,16 @@ class GroupReader:
                 for tensor_name, _ in module.named_parameters(recurse=False):
                     found.append((f"{name}.{tensor_name}", 0, item.idxs, units, False))
                 continue
-            if isinstance(module, nn.Parameter):  # a per-channel scale outside any layer (ConvNeXt's layer scale)
+            if isinstance(module, nn.Parameter):
+                # a per-channel scale outside any layer (ConvNeXt's layer scale: channels first), or a token
+                # tensor added to or joined with a [batch, tokens, width] stream (a ViT's position embedding
+                # and class token: channels last)
                 node = self.graph.module2node.get(module)
                 param_name = self.graph._param_to_name.get(module)
-                if node is None or param_name not in self.tensors or getattr(node, "pruning_dim", None) != 0:
-                    return [], [], f"it touches a bare nn.Parameter {param_name!r} not indexed by channel first"
-                found.append((param_name, 0, item.idxs, [start + unit_of[r] for r in item.root_idxs], False))
+                dim = getattr(node, "pruning_dim", None)
+                if node is None or param_name not in self.tensors or dim not in (0, module.dim() - 1):
+                    return [], [], f"it touches a bare nn.Parameter {param_name!r} not indexed by channel first or last"
+                found.append((param_name, dim, item.idxs, [start + unit_of[r] for r in item.root_idxs], False))
                 continue
             if not isinstance(module, nn.Module) or not has_own_tensors(module):
                 continue  # parameter-free ops: activations, pooling, add, cat, reshape

@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..choices import COSTS, SCORING_MODES
-from .at_size import CompactLayout, depthwise_convs, probe_state, run_at_size
+from .at_size import CompactLayout, depthwise_convs, probe_state, run_at_size, sized_layer_norm
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from .folded import ActivationMask
 from .scoring import StateScoring
@@ -59,15 +59,17 @@ class UnitGroup:
 
 @dataclass(frozen=True)
 class _SliceIndex:
-    """For one parameter or buffer: which state bit each slice along dims 0 and 1 follows.
+    """For one parameter or buffer: which state bit each slice along dims `out_dim` and 1 follows.
 
-    Index `num_units` points at an always-one bit (slices no unit controls).
+    Index `num_units` points at an always-one bit (slices no unit controls). `out_dim` is 0 but for
+    a token tensor cut along its last dim alone (a ViT's position embedding and class token).
     """
 
     name: str
     out_index: torch.Tensor | None
     in_index: torch.Tensor | None
     is_buffer: bool
+    out_dim: int = 0
 
 
 
@@ -91,7 +93,7 @@ class PruningSpace(StateScoring):
         self._slices: list[_SliceIndex] = []
         self._norms: dict | list[ChannelNorm] = {}  # name -> ChannelNorm while building, then a list
         self._build()
-        self.layout = CompactLayout((e.name, e.out_index, e.in_index) for e in self._slices)
+        self.layout = CompactLayout((e.name, e.out_index, e.in_index, e.out_dim) for e in self._slices)
         self.depthwise = depthwise_convs(self.model, self.layout)  # and attentions: their size follows a tensor
         self._at_size_problem: str | None | bool = False  # False: not checked yet
         self._folded_problem: str | None | bool = False
@@ -192,13 +194,18 @@ class PruningSpace(StateScoring):
         names = dict.fromkeys(name for name, _ in collected)
         slices = []
         for name in names:
+            dims = sorted(dim for named, dim in collected if named == name)
+            out_dim = dims[0] if dims[0] > 1 else 0  # a tensor cut along its last dim (> 1) alone
+            if out_dim and len(dims) > 1:
+                raise UnsupportedModelError(f"{name} is cut along dims {dims}; only dims 0 and 1, or its last alone, "
+                                            "can be masked")
             indices = []
-            for dim in (0, 1):
+            for dim in (out_dim, 1):
                 index = collected.get((name, dim))
                 if index is not None:
                     index = torch.where(index < 0, self.num_units, index)
                 indices.append(index)
-            slices.append(_SliceIndex(name, indices[0], indices[1], name in buffers))
+            slices.append(_SliceIndex(name, indices[0], indices[1], name in buffers, out_dim))
         return slices
 
     def consumer_indices(self) -> dict[str, torch.Tensor]:
@@ -214,8 +221,10 @@ class PruningSpace(StateScoring):
         return found
 
     def producer_indices(self) -> dict[str, torch.Tensor]:
-        """Parameter name -> the unit each of its output slices belongs to (num_units: none)."""
-        return {e.name: e.out_index for e in self._slices if e.out_index is not None and not e.is_buffer}
+        """Parameter name -> the unit each of its output slices belongs to (num_units: none); token tensors
+        cut along their last dim are no layer's output."""
+        return {e.name: e.out_index for e in self._slices
+                if e.out_index is not None and not e.is_buffer and not e.out_dim}
 
     @property
     def group_sizes(self) -> list[int]:
@@ -242,7 +251,7 @@ class PruningSpace(StateScoring):
         for entry in self._slices:
             ndim = tensors[entry.name].dim()
             mask = None
-            for dim, index in ((0, entry.out_index), (1, entry.in_index)):
+            for dim, index in ((entry.out_dim, entry.out_index), (1, entry.in_index)):
                 if index is None:
                     continue
                 shape = [states.shape[0]] + [1] * ndim
@@ -311,12 +320,12 @@ class PruningSpace(StateScoring):
             for column, entry in enumerate(sliced):
                 param = params[entry.name]
                 per_slice[column] = param.numel() * weight.get(entry.name, 0.0)
-                for dim, index in ((0, entry.out_index), (1, entry.in_index)):
+                for side, (dim, index) in enumerate(((entry.out_dim, entry.out_index), (1, entry.in_index))):
                     if index is None:
-                        units[dim][self.num_units, column] = 1.0
+                        units[side][self.num_units, column] = 1.0
                     else:
                         per_slice[column] /= param.shape[dim]
-                        units[dim][:, column].index_add_(0, index.cpu(), torch.ones(len(index), dtype=torch.float64))
+                        units[side][:, column].index_add_(0, index.cpu(), torch.ones(len(index), dtype=torch.float64))
             cut = {e.name for e in sliced}
             uncut = round(sum(p.numel() * weight.get(name, 0.0) for name, p in params.items() if name not in cut))
             self._counters = {k: v for k, v in self._counters.items() if k[0] != cost}  # a stale one
@@ -345,8 +354,9 @@ class PruningSpace(StateScoring):
         return self._at_size_problem is None
 
     def _check_at_size(self) -> str | None:
-        if self._norms:
-            return "its LayerNorm/GroupNorm over channels keep their own channel count"
+        modules = dict(self.model.named_modules())
+        if any(not sized_layer_norm(modules[norm.name]) for norm in self._norms):
+            return "its GroupNorm (or LayerNorm over several dims) over channels keeps its own channel count"
         state = probe_state(self.group_sizes)
         x = self.example_inputs.to(next(self.model.parameters()).device)
         try:

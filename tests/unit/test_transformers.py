@@ -95,38 +95,43 @@ def test_masked_equals_exported_and_every_scoring_mode_agrees(key, caplog):
     assert space.folded_supported
 
 
-def test_vit_runs_heads_at_their_own_size():
-    """ViT's heads and MLP neurons (its embedding width is kept: pos_embed) run at size, as exported;
-    torchvision's (nn.MultiheadAttention) too, checked in the scoring test."""
-    space = small_space("vit")
+@pytest.mark.parametrize("key", ["vit", "deit", "swin", "torchvision_swin"])
+def test_transformers_run_at_their_own_size_with_fewer_heads_and_a_narrower_width(key):
+    """Heads, MLP neurons and the pruned widths (a ViT's embedding width, a Swin stage's) at their own
+    size: the attention's head count and the LayerNorms' `normalized_shape` follow the compact tensors
+    for the call, and the dense model keeps its own after it."""
+    space = small_space(key)
     assert space.at_size_supported
     state = some_states(space)[0]
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    before = [(type(m), getattr(m, "num_heads", None), getattr(m, "normalized_shape", None))
+              for m in space.model.modules()]
     with torch.no_grad():
-        torch.testing.assert_close(space.at_size_forward(state, x), space.masked_forward(state, x),
-                                   rtol=1e-9, atol=1e-12)
-    module = dict(space.model.named_modules())["blocks.0.attn"]
-    assert module.num_heads == 4 and module.attn_dim == 32, "the dense model keeps its heads after the call"
+        compact = space.at_size_forward(state, x)
+        torch.testing.assert_close(compact, space.masked_forward(state, x), rtol=1e-9, atol=1e-12)
+    assert [(type(m), getattr(m, "num_heads", None), getattr(m, "normalized_shape", None))
+            for m in space.model.modules()] == before
 
 
-def test_torchvisions_swin_runs_at_its_own_size_with_fewer_heads():
-    space = small_space("torchvision_swin")
-    assert space.at_size_supported
-    state = some_states(space)[0]
+@pytest.mark.parametrize("key", ["vit", "deit"])
+def test_a_vits_embedding_width_is_one_group_cut_everywhere_in_the_export(key):
+    """Patch embedding, class token, position embedding, every norm and residual: one group, cut along
+    the tokens' last dim in the export, whose parameters the space counted."""
+    space = small_space(key)
+    tensors = {name for entry in space._slices for name in [entry.name] if entry.out_dim == 2}
+    assert tensors == {"cls_token", "pos_embed"}
+    width = next(g for g in space.groups if "patch_embed.proj" in g.layers)
+    assert {"norm", "blocks.0.norm1", "blocks.1.norm2", "head"} <= set(width.layers)
+    state = torch.ones(space.num_units, dtype=torch.bool)
+    state[width.start:width.start + width.size // 2] = False
+    exported = space.export(state)
+    kept = width.size - width.size // 2
+    assert exported.pos_embed.shape[-1] == exported.cls_token.shape[-1] == kept
+    assert exported.patch_embed.proj.out_channels == kept and exported.norm.normalized_shape == (kept,)
+    assert sum(p.numel() for p in exported.parameters()) == space.kept_parameters(state)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(space.at_size_forward(state, x), space.masked_forward(state, x),
-                                   rtol=1e-9, atol=1e-12)
-    module = space.model.features[1][0].attn
-    assert type(module) is torchvision.models.swin_transformer.ShiftedWindowAttention and module.num_heads == 2, \
-        "the dense model keeps its class and heads after the call"
-
-
-def test_swin_without_its_norms_pruned_says_why_it_runs_masked(caplog):
-    space = small_space("swin")
-    with caplog.at_level(logging.WARNING):
-        assert not space.at_size_supported
-    assert "LayerNorm/GroupNorm over channels" in caplog.text
+        torch.testing.assert_close(exported(x), space.masked_forward(state, x), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("key", ["vit", "torchvision_vit", pytest.param("swin", marks=pytest.mark.extended),
@@ -170,3 +175,28 @@ def test_the_window_attention_of_heads_computes_torchvisions_swin_attention(wind
         expected = module(x)
         module.__class__ = WindowAttentionOfHeads
         torch.testing.assert_close(module(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_vit_trains_at_its_own_size_as_masked():
+    """The at-size learner gathers and writes back the position embedding and class token along their
+    last dim: same loss and weights as the masked learner, across a change of state."""
+    import copy
+
+    from edropout_ray.config import Config
+    from edropout_ray.training.learner import Learner
+
+    spaces = [small_space("vit"), small_space("vit")]
+    config = Config(optimizer="adam", lr=1e-3, weight_decay=1e-2)
+    at_size, masked = Learner(spaces[0], config.replace(train_at_size=True)), \
+        Learner(spaces[1], config.replace(train_at_size=False))
+    assert at_size.at_size and not masked.at_size
+    states = some_states(spaces[0], 2)
+    x, y = torch.randn(6, 3, 32, 32, dtype=torch.float64), torch.arange(6) % 10
+    before = copy.deepcopy(spaces[0].model.pos_embed.detach())
+    for state in (states[0], states[1], states[0]):
+        a, b = at_size.step(state, x, y), masked.step(state, x, y)
+        assert a.loss == pytest.approx(b.loss, rel=1e-9)
+        for (name, got), expected in zip(at_size.state_dict()["model"].items(), masked.state_dict()["model"].values()):
+            torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+        masked.load_state_dict(at_size.state_dict())
+    assert not torch.equal(spaces[0].model.pos_embed.detach(), before), "the position embedding trained"
