@@ -84,7 +84,8 @@ def listing() -> str:
     lines += [f"  {family:<20} timm:{name}" for family, name in TIMM_FAMILIES.items()]
     lines += ["not supported (refused with an error):"]
     lines += [f"  {name:<20} {why}" for name, why in UNSUPPORTED.items()]
-    lines += ["vision transformers (attention heads and MLP neurons as units); one model per family tested:"]
+    lines += ["vision transformers (attention heads, MLP neurons and, in timm ViT/DeiT, the embedding width as "
+              "units); one model per family tested:"]
     lines += [f"  {family:<20} {name}" for family, name in TRANSFORMER_FAMILIES.values()]
     lines += [f"  heads not pruned, not tested: {name} ({why})" for name, why in HEADS_KEPT.items()]
     lines += ["built in (model: edropout_ray.models:<name>): " + ", ".join(BUILT_IN),
