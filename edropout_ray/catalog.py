@@ -65,15 +65,11 @@ TRANSFORMER_FAMILIES = {
     "torchvision_swin": ("Swin (torchvision)", "swin_t"),
 }
 
-# Transformers whose heads are not units yet, and not tested: name -> why.
-HEADS_KEPT = {
-    "swin_v2_t": "torchvision's Swin V2: cosine attention with a logit scale and a position-bias MLP per head",
-}
-
 # Refused with a clear error (tests/unit/test_model_coverage.py checks that they are): name -> why.
 UNSUPPORTED = {
     "shufflenet_v2_x0_5": "Torch-Pruning cannot trace its channel shuffle",
     "timm:cs3darknet_s": "CSP-Darknet (CS3): Torch-Pruning cannot trace it",
+    "swin_v2_t": "torchvision's Swin V2: Torch-Pruning's group search over its F.linear projections does not end",
 }
 
 
@@ -87,7 +83,6 @@ def listing() -> str:
     lines += ["vision transformers (attention heads, MLP neurons and, in timm ViT/DeiT, the embedding width as "
               "units); one model per family tested:"]
     lines += [f"  {family:<20} {name}" for family, name in TRANSFORMER_FAMILIES.values()]
-    lines += [f"  heads not pruned, not tested: {name} ({why})" for name, why in HEADS_KEPT.items()]
     lines += ["built in (model: edropout_ray.models:<name>): " + ", ".join(BUILT_IN),
               "your own: model: package.module:callable returning an nn.Module",
               "check any of them: edropout-ray models --check NAME [--image-size 64]"]

@@ -131,9 +131,6 @@ def find_attentions(model: nn.Module) -> tuple[list[HeadedAttention], list[tuple
             else:
                 found.append(HeadedAttention(name, module.num_heads, module.head_dim, "in_proj_weight",
                                              "out_proj.weight"))
-        elif type(module) is ShiftedWindowAttentionV2:
-            refused.append((f"{name}.qkv", "Swin V2's cosine attention (a logit scale and a position-bias MLP per "
-                                           "head) is not built as head units"))
         elif _runs_heads_by_width(module) or timm_classes and type(module) in timm_classes:
             if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity):
                 refused.append((f"{name}.qkv", "a normalization over every head's output (scale_norm)"))
@@ -143,6 +140,16 @@ def find_attentions(model: nn.Module) -> tuple[list[HeadedAttention], list[tuple
                 head_dim = module.qkv.out_features // (3 * module.num_heads)
                 found.append(HeadedAttention(name, module.num_heads, head_dim, "qkv.weight", "proj.weight"))
     return found, refused
+
+
+def untraceable_attention(model: nn.Module) -> str | None:
+    """Why Torch-Pruning cannot trace `model`'s attention (its group search would not end), or None."""
+    for name, module in model.named_modules():
+        if type(module) is ShiftedWindowAttentionV2:
+            return (f"{name} is torchvision's Swin V2 window attention, which calls its projections with F.linear "
+                    "on their weights, and Torch-Pruning's group search over them does not finish (Swin V1, "
+                    "swin_t, is supported)")
+    return None
 
 
 def is_headed(module: nn.Module) -> bool:

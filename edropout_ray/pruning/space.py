@@ -29,7 +29,7 @@ from .scoring import StateScoring
 from .scoring_options import ScoringOptions
 from ..errors import NothingToPruneError, UnsupportedModelError
 from .groups import CONVS, GroupReader
-from .heads import HeadedAttention, find_attentions, heads_called_as_modules
+from .heads import HeadedAttention, find_attentions, heads_called_as_modules, untraceable_attention
 from .macs import positions_per_weight
 from .modes import eval_mode
 from .removal import prune_physically
@@ -103,6 +103,8 @@ class PruningSpace(StateScoring):
 
     # ---- discovery -------------------------------------------------------------------------
     def _build(self) -> None:
+        if problem := untraceable_attention(self.model):
+            raise UnsupportedModelError(f"Torch-Pruning could not trace {type(self.model).__name__}: {problem}")
         norm_inputs, hooks = record_inputs(self.model)
         # projections called as modules: Torch-Pruning sees only module calls (heads.heads_called_as_modules)
         with eval_mode(self.model), torch.enable_grad(), heads_called_as_modules(self.model):
