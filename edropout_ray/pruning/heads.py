@@ -192,7 +192,8 @@ def heads_for(module: nn.Module, qkv_rows: int):
 @contextlib.contextmanager
 def heads_called_as_modules(model: nn.Module):
     """While active, torch's attention and torchvision's Swin window attention call their projections as
-    modules (folded scoring's hooks)."""
+    modules: folded scoring hooks them, and Torch-Pruning's tracer sees only module calls (on torchvision's
+    Swin, traced with its F.linear calls, its group search did not end)."""
     swapped = [m for m in model.modules()
                if type(m) is ShiftedWindowAttention or type(m) is nn.MultiheadAttention and m._qkv_same_embed_dim
                and m.bias_k is None and not m.add_zero_attn]
