@@ -15,7 +15,7 @@ to masking.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -104,20 +104,21 @@ def _block_index(out_kept: torch.Tensor, in_kept: torch.Tensor, width: int) -> t
     return (out_kept.unsqueeze(1) * width + in_kept.unsqueeze(0)).flatten()
 
 
-def depthwise_convs(model: nn.Module, layout: CompactLayout) -> dict[str, nn.Module]:
-    """Weight name -> layer, for the layers that keep a size of their own that follows that tensor:
-    depthwise convs (one group per channel), attention modules (their head count, heads.py) and
-    LayerNorms over one cut dim (their `normalized_shape`)."""
+def sized_layers(model: nn.Module, layout: CompactLayout) -> dict[str, tuple[nn.Module, Callable]]:
+    """Weight name -> (layer, how to size it), for the layers that keep a size of their own that follows
+    that tensor: depthwise convs (one group per channel), attention modules (their head count, heads.py)
+    and LayerNorms over one cut dim (their `normalized_shape`). How to size it: a context manager taking
+    the layer and the tensor's kept length along dim 0."""
     found = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 \
                 and module.groups == module.in_channels == module.out_channels \
                 and f"{name}.weight" in layout.indices:
-            found[f"{name}.weight"] = module
+            found[f"{name}.weight"] = (module, _groups)
         elif is_headed(module) and qkv_weight_name(name, module) in layout.indices:
-            found[qkv_weight_name(name, module)] = module
+            found[qkv_weight_name(name, module)] = (module, heads_for)
         elif sized_layer_norm(module) and f"{name}.weight" in layout.indices:
-            found[f"{name}.weight"] = module
+            found[f"{name}.weight"] = (module, _normalized)
     return found
 
 
@@ -127,7 +128,7 @@ def sized_layer_norm(module: nn.Module) -> bool:
 
 
 def run_at_size(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor,
-                depthwise: dict[str, nn.Module]) -> torch.Tensor:
+                sized: dict[str, tuple[nn.Module, Callable]]) -> torch.Tensor:
     """`model` on `x` with its cut tensors replaced by compact ones (`tensors`).
 
     Images go in channels-last on the CPU: measured on ResNet-18, convolutions with the odd channel
@@ -135,9 +136,8 @@ def run_at_size(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Ten
     """
     x = preferred_layout(x)
     with contextlib.ExitStack() as stack:
-        for weight_name, layer in depthwise.items():
-            sized = heads_for if is_headed(layer) else _normalized if isinstance(layer, nn.LayerNorm) else _groups
-            stack.enter_context(sized(layer, tensors[weight_name].shape[0]))
+        for weight_name, (layer, sized_for) in sized.items():
+            stack.enter_context(sized_for(layer, tensors[weight_name].shape[0]))
         return functional_call(model, tensors, (x,))
 
 

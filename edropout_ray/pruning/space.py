@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..choices import COSTS, SCORING_MODES
-from .at_size import CompactLayout, depthwise_convs, probe_state, run_at_size, sized_layer_norm
+from .at_size import CompactLayout, probe_state, run_at_size, sized_layer_norm, sized_layers
 from .channel_norms import ChannelNorm, kept_channel_statistics, record_inputs
 from .folded import ActivationMask
 from .scoring import StateScoring
@@ -94,7 +94,7 @@ class PruningSpace(StateScoring):
         self._norms: dict | list[ChannelNorm] = {}  # name -> ChannelNorm while building, then a list
         self._build()
         self.layout = CompactLayout((e.name, e.out_index, e.in_index, e.out_dim) for e in self._slices)
-        self.depthwise = depthwise_convs(self.model, self.layout)  # and attentions: their size follows a tensor
+        self.sized_layers = sized_layers(self.model, self.layout)  # whose own size follows a cut tensor
         self._at_size_problem: str | None | bool = False  # False: not checked yet
         self._folded_problem: str | None | bool = False
         self._activation_masks: tuple[list[ActivationMask], list[ActivationMask]] | None = None
@@ -388,7 +388,7 @@ class PruningSpace(StateScoring):
             raise ValueError(f"the state keeps no unit of the group rooted at {emptied[0]!r}: at its own size that "
                              "layer would have no channels. Score it masked (masked_forward; logits does so), or keep "
                              "a unit per group (population.repair_empty_groups)")
-        return run_at_size(self.model, self.compact_tensors(state), x, self.depthwise)
+        return run_at_size(self.model, self.compact_tensors(state), x, self.sized_layers)
 
     def export(self, state: torch.Tensor) -> nn.Module:
         """A physically smaller copy of the model with the pruned units removed."""

@@ -70,7 +70,7 @@ class CompactTraining:
             compact_group["lr"] = dense_group["lr"]  # the schedule steps the dense optimizer
         touched = list((self.buffers | self.uncut_buffers).values())  # statistics the forward updates
         saved = [b.clone() for b in touched]
-        logits = run_at_size(self.space.model, self.params | self.buffers, x, self.space.depthwise)
+        logits = run_at_size(self.space.model, self.params | self.buffers, x, self.space.sized_layers)
         loss = finite_loss(logits, y, zip(touched, saved), self.dense_optimizer.param_groups[0]["lr"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

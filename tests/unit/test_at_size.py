@@ -143,7 +143,7 @@ def test_after_the_freeze_the_network_trained_at_size_is_the_masked_and_the_expo
     assert torch.equal(compact.state.bool(), engine.final_mask.bool()), "the learner trains the frozen state at size"
     space.model.eval()
     with torch.no_grad():
-        at_size = run_at_size(space.model, compact.params | compact.buffers, x, space.depthwise)
+        at_size = run_at_size(space.model, compact.params | compact.buffers, x, space.sized_layers)
         engine.finish()  # writes the compact weights back into the dense model
         masked = space.masked_forward(engine.final_mask, x)
         exported = space.export(engine.final_mask).eval()(x)
