@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edropout_ray import choices
-from edropout_ray.baselines.pruners import keep_top, run_ranked, select_to_drop
+from edropout_ray.baselines.pruners import FILL_ABOVE_MISS, keep_top, ranked_state_at_size, run_ranked, select_to_drop
 from edropout_ray.baselines.registry import BASELINES, run_baseline
 from edropout_ray.baselines.torch_pruning import run_iterative
 from edropout_ray.config import Config
@@ -103,6 +103,27 @@ def test_l1_norms_and_keep_top(known_space):
     assert per_layer.nonzero().squeeze(1).tolist() == [3, 4, 5, 6, 8]  # top 3 of 6, top 2 (round 2.5) of 5
     overall = keep_top(torch.tensor(LAYER1 + LAYER2), 0.3, layer, per_layer=False)
     assert overall.nonzero().squeeze(1).tolist() == [3, 4, 5, 6]  # top 3 overall, plus one so layer 2 lives
+
+
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_a_ranking_held_to_macs_comes_within_half_a_point_where_its_top_k_cannot(target):
+    """LeNet-5's first-layer channels are large steps of MACs: some random rankings' closest top-k miss."""
+    from edropout_ray.models import lenet5
+    from edropout_ray.pruning.sizing import fit_to_size, size_fraction
+
+    torch.manual_seed(0)
+    space = PruningSpace(lenet5(), torch.randn(2, 1, 28, 28))
+    layer = layer_of_units(space)
+    top_k_misses, misses = [], []
+    for seed in range(12):
+        scores = torch.rand(space.num_units, generator=torch.Generator().manual_seed(seed))
+        top_k = fit_to_size(space, lambda f: keep_top(scores, f, layer, per_layer=False), target, cost="macs")
+        top_k_misses.append(abs(size_fraction(space, top_k, "macs") - target))
+        state = ranked_state_at_size(space, scores, layer, False, "macs", target)
+        misses.append(abs(size_fraction(space, state, "macs") - target))
+        assert (state.unsqueeze(1) & (layer.unsqueeze(1) == torch.arange(3))).any(0).all()  # no layer emptied
+    assert max(top_k_misses) > FILL_ABOVE_MISS  # the case the fill exists for occurs
+    assert max(misses) <= FILL_ABOVE_MISS
 
 
 @pytest.mark.parametrize("method, cost", [("l1", "params"), ("random", "params"), ("dropnet", "params"),
