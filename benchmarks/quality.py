@@ -10,7 +10,7 @@ same steps; the dense network trains for the same steps once per model and seed.
 ships it (`apt-get install dataset-fashion-mnist`).
 
     .venv/bin/python benchmarks/quality.py [--budget params|macs|latency] [--models small_cnn,lenet5,resnet20,small_vit]
-        [--sizes 0.5,0.25] [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--skip-done]
+        [--sizes 0.5,0.25] [--seeds 0,1,2] [--methods ...] [--output runs/quality] [--skip-done] [--merge]
         [--set key=value ...]
 
 Prints one table (top-1 mean ± std over seeds, the drop against dense, parameters and MACs kept) and
@@ -60,6 +60,8 @@ def main(argv=None) -> None:
                         help="run nothing: build the table from the summaries already under --output")
     parser.add_argument("--skip-done", action="store_true",
                         help="reuse the cells (model, size) already finished under --output; run the others")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the results file's rows of other cells (a matrix run in parts, on different machines)")
     args = parser.parse_args(argv)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
@@ -70,6 +72,9 @@ def main(argv=None) -> None:
     methods = args.methods.split(",")
     base = load_config(args.config, args.overrides)
 
+    results = Path(args.results or "benchmarks/results/quality_matrix" + ("" if args.budget == "params"
+                                                                           else f"_{args.budget}"))
+    earlier = earlier_cells(results.with_suffix(".json"), models, sizes) if args.merge else {"rows": [], "minutes": 0.0}
     rows, minutes = [], 0.0
     for index, size in enumerate(sizes):  # a size for every model first: a column of the table at a time
         for model in models:
@@ -88,14 +93,31 @@ def main(argv=None) -> None:
             minutes += float((folder / CELL_MINUTES).read_text())
             rows += [{"model": model, "size": size} | row for row in summary]
             print(f"[quality] {model} at {size:.0%} done; {minutes:.1f} min of runs so far", flush=True)
+    dense_now = {r["model"] for r in rows if r["method"] == "dense"}
+    rows = sorted(rows + [r for r in earlier["rows"] if not (r["method"] == "dense" and r["model"] in dense_now)],
+                  key=lambda r: (list(MODELS).index(r["model"]), -r["size"]))  # stable: methods keep their order
+    minutes += earlier["minutes"]
     table = markdown(rows, base, seeds, minutes, args.budget)
     print("\n" + table)
-    results = Path(args.results or "benchmarks/results/quality_matrix" + ("" if args.budget == "params"
-                                                                           else f"_{args.budget}"))
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".md").write_text(table)
     results.with_suffix(".json").write_text(json.dumps({"config": base.to_dict(), "seeds": seeds, "minutes": minutes,
                                                         "rows": rows}, indent=1, default=str))
+
+
+def earlier_cells(path: Path, models: list[str], sizes: list[float]) -> dict:
+    """The rows and minutes of a results file, refused when it holds a cell this run would run again
+    (its minutes could not be told apart from the others')."""
+    if not path.exists():
+        return {"rows": [], "minutes": 0.0}
+    earlier = json.loads(path.read_text())
+    again = sorted({(r["model"], r["size"]) for r in earlier["rows"]
+                    if r["model"] in models and r["size"] in sizes and r["method"] != "dense"})
+    if again:
+        raise SystemExit(f"quality.py: error: {path} already holds {', '.join(f'{m} at {s:.0%}' for m, s in again)}; "
+                         "--merge adds other cells only: leave those out of --models/--sizes, or drop --merge "
+                         "to write the file anew")
+    return earlier
 
 
 BUDGET_WORDS = {"params": "parameters", "macs": "MACs",
