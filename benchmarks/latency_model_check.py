@@ -15,7 +15,7 @@ different widths per layer. This benchmark, per model of the quality matrix at i
    (leave one out).
 
     .venv/bin/python benchmarks/latency_model_check.py [--models small_cnn,lenet5,resnet20] [--states 8]
-        [--macs 0.5] [--batch 128] [--repeats 15] [--json benchmarks/results/latency_model_check_cpu.json]
+        [--macs 0.5] [--batch 128] [--repeats 15] [--threads 1] [--json benchmarks/results/latency_model_check_cpu.json]
 """
 
 from __future__ import annotations
@@ -128,8 +128,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--multiple", type=int, default=8, help="channel_multiple, as the runs use")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a compare run's task has one CPU)")
     parser.add_argument("--json", default="benchmarks/results/latency_model_check_cpu.json")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     results = [check(name, args) for name in args.models.split(",")]
     print(f"\n{args.states} states of random per-layer widths at {args.macs:.0%} of the MACs, batch {args.batch}, "
           f"{torch.get_num_threads()} threads; time as a fraction of the dense network's (median of paired ratios)")
