@@ -89,10 +89,11 @@ def listing() -> str:
     return "\n".join(lines)
 
 
-def check(spec: str, image_size: int = 64, in_channels: int = 3, num_classes: int = 10) -> str:
+def check(spec: str, image_size: int = 64, in_channels: int = 3, num_classes: int = 10,
+          keep_layers: tuple[str, ...] = ()) -> str:
     """Build `spec`, its pruning space, and the export of a random state; say what was found."""
     with _quiet("edropout_ray.pruning.space"):  # the skips are listed in what this returns
-        return _check(spec, image_size, in_channels, num_classes)
+        return _check(spec, image_size, in_channels, num_classes, keep_layers)
 
 
 @contextlib.contextmanager
@@ -108,7 +109,7 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
-def _check(spec: str, image_size: int, in_channels: int, num_classes: int) -> str:
+def _check(spec: str, image_size: int, in_channels: int, num_classes: int, keep_layers: tuple[str, ...]) -> str:
     from .artifacts.pruned_model import count_parameters
     from .models import build_model
     from .evolution.population import repair_empty_groups
@@ -120,7 +121,7 @@ def _check(spec: str, image_size: int, in_channels: int, num_classes: int) -> st
         if isinstance(module, torch.nn.Linear) and not module.weight.any():
             torch.nn.init.normal_(module.weight, std=0.02)
     x = torch.randn(2, in_channels, image_size, image_size, dtype=torch.float64)
-    space = PruningSpace(model, x)
+    space = PruningSpace(model, x, keep_layers=keep_layers)
     generator = torch.Generator().manual_seed(0)
     state = repair_empty_groups(torch.rand(1, space.num_units, generator=generator) < 0.5, space.group_sizes,
                                 generator)[0]

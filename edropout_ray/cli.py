@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                         "what would be pruned and whether the exported model matches the masked one")
     models.add_argument("--image-size", type=int, default=64, help="input size for --check (default 64)")
     models.add_argument("--in-channels", type=int, default=3, help="input channels for --check (default 3)")
+    models.add_argument("--keep-layers", action="append", default=[], metavar="PATTERN",
+                        help="with --check: a layer whose outputs are kept, as the config's keep_layers (repeatable)")
 
     download = commands.add_parser("download", help="fetch a torchvision data set (needs internet)")
     download.add_argument("dataset")
@@ -161,7 +163,8 @@ def _convert(args) -> None:
 def _models(args) -> None:
     from .catalog import check, listing
 
-    print(check(args.check, args.image_size, args.in_channels) if args.check else listing())
+    print(check(args.check, args.image_size, args.in_channels, keep_layers=tuple(args.keep_layers)) if args.check
+          else listing())
 
 
 def _download(args) -> None:

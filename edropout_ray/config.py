@@ -84,6 +84,8 @@ class Config:
     # with prune_target_params or prune_target_macs: every group keeps the same share (uniform; the search
     # picks units), or the search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "searched"
+    # module-name patterns (fnmatch) of layers kept whole: every coupled group touching one gets no units
+    keep_layers: list[str] = dataclasses.field(default_factory=list)
     # learner
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -238,6 +240,9 @@ class Config:
             if getattr(self, name) not in allowed:  # the closest name is looked for only then: a sweep loads many
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                                   f"{did_you_mean(getattr(self, name), allowed)}")
+        need(isinstance(self.keep_layers, list) and all(isinstance(p, str) and p for p in self.keep_layers),
+             f"keep_layers must be a list of module-name patterns such as ['patch_embed.proj', 'layer4.*'], got "
+             f"{self.keep_layers!r}")
         wrong = [f for f in self.export_formats if f not in EXPORT_FORMATS]
         need(bool(self.export_formats) and not wrong,
              f"export_formats must be a non-empty list of {', '.join(EXPORT_FORMATS)}, got {self.export_formats!r}"

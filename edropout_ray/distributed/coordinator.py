@@ -122,7 +122,7 @@ def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelR
 
     def make_shard():
         return shard_actor.remote(recipe, example, config.scoring, config.energy, config.kappa, shard_device,
-                                  ScoringOptions.of(config))
+                                  ScoringOptions.of(config), tuple(config.keep_layers))
 
     liveness = Liveness(config.liveness_timeout, config.restart_timeout)
     pool = ShardPool(make_shard, config.shards, liveness, expected_units=space.num_units,

@@ -50,7 +50,7 @@ class LearnerWorker:
         model = recipe.build().to(self.device)
         model.load_state_dict(initial_weights)
         space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring,
-                             options=ScoringOptions.of(config))
+                             options=ScoringOptions.of(config), keep_layers=tuple(config.keep_layers))
         self.learner = Learner(space, config, total_steps=total_steps)
         self.clock = BusyClock()
         with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally

@@ -40,10 +40,11 @@ class ShardWorker:
     """A model replica on its own device and the slice of states it last scored."""
 
     def __init__(self, recipe: ModelRecipe, example_inputs: torch.Tensor, scoring: str, energy: str, kappa: float,
-                 device: str = "cpu", options: ScoringOptions | None = None):
+                 device: str = "cpu", options: ScoringOptions | None = None, keep_layers: tuple[str, ...] = ()):
         self.device = actor_device(device, "a population shard")
         model = recipe.build().to(self.device).train()  # score with batch statistics, as the learner trains
-        self.space = PruningSpace(model, example_inputs.to(self.device), scoring=scoring, options=options)
+        self.space = PruningSpace(model, example_inputs.to(self.device), scoring=scoring, options=options,
+                                  keep_layers=keep_layers)
         self.energy, self.kappa = energy, kappa
         self.states: torch.Tensor | None = None
         self.energies: torch.Tensor | None = None

@@ -8,11 +8,35 @@ a stack of channel tensors, ...) comes back with the reason, and those units sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from .channel_norms import CHANNEL_NORMS, ChannelNorm, channel_dim
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """Coupled units: channel k of every layer in `layers` is one unit (state bit start + k)."""
+
+    root: str
+    start: int
+    size: int
+    layers: tuple[str, ...]
+    unit_of_channel: tuple[int, ...] = ()  # the unit of each root channel (empty: channel k is unit k)
+
+    def pruned_channels(self, state: torch.Tensor) -> list[int]:
+        """The root's channels that `state` (the whole state) removes."""
+        bits = state[self.start:self.start + self.size].bool().tolist()
+        unit_of = self.unit_of_channel or range(self.size)
+        return [channel for channel, unit in enumerate(unit_of) if not bits[unit]]
+
+    def units_of_channels(self) -> list[int]:
+        """The state bit of each of the root's output channels, in Torch-Pruning's root index order."""
+        return [self.start + unit for unit in (self.unit_of_channel or range(self.size))]
+
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.modules.batchnorm._BatchNorm,)

@@ -28,34 +28,14 @@ from .folded import ActivationMask
 from .scoring import StateScoring
 from .scoring_options import ScoringOptions
 from ..errors import NothingToPruneError, UnsupportedModelError
-from .groups import CONVS, GroupReader
+from .groups import CONVS, GroupReader, UnitGroup
 from .heads import HeadedAttention, find_attentions, heads_called_as_modules, untraceable_attention
+from .kept_layers import check_every_pattern_used, kept_by
 from .macs import positions_per_weight
 from .modes import eval_mode
 from .removal import prune_physically
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class UnitGroup:
-    """Coupled units: channel k of every layer in `layers` is one unit (state bit start + k)."""
-
-    root: str
-    start: int
-    size: int
-    layers: tuple[str, ...]
-    unit_of_channel: tuple[int, ...] = ()  # the unit of each root channel (empty: channel k is unit k)
-
-    def pruned_channels(self, state: torch.Tensor) -> list[int]:
-        """The root's channels that `state` (the whole state) removes."""
-        bits = state[self.start:self.start + self.size].bool().tolist()
-        unit_of = self.unit_of_channel or range(self.size)
-        return [channel for channel, unit in enumerate(unit_of) if not bits[unit]]
-
-    def units_of_channels(self) -> list[int]:
-        """The state bit of each of the root's output channels, in Torch-Pruning's root index order."""
-        return [self.start + unit for unit in (self.unit_of_channel or range(self.size))]
-
 
 @dataclass(frozen=True)
 class _SliceIndex:
@@ -81,13 +61,13 @@ class PruningSpace(StateScoring):
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, *, scoring: str = "auto",
-                 options: ScoringOptions | None = None):
+                 options: ScoringOptions | None = None, keep_layers: tuple[str, ...] = ()):
         if scoring not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
         self.model = model
         self.example_inputs = example_inputs[:2].detach().clone()
         self.scoring = scoring
-        self.options = options or ScoringOptions()
+        self.options, self.keep_layers = options or ScoringOptions(), tuple(keep_layers)
         self.groups: list[UnitGroup] = []
         self.skipped: list[tuple[str, str]] = []
         self._slices: list[_SliceIndex] = []
@@ -135,7 +115,7 @@ class PruningSpace(StateScoring):
         found_groups += [(a.name, a) for a in attentions]
         found_groups.sort(key=lambda pair: depth[pair[0]])  # units in the order of the model's layers
         modules = dict(self.model.named_modules())
-        start = 0
+        start, touched = 0, []  # the layers whose outputs each group cuts (keep_layers is checked on them)
         for root, group in found_groups:
             if isinstance(group, HeadedAttention):  # one unit per head (heads.py)
                 unit_of, found, norms, reason = list(range(group.num_heads)), group.tensor_slices(
@@ -147,6 +127,12 @@ class PruningSpace(StateScoring):
                 found, norms = [], []
                 if reason is None:
                     found, norms, reason = reader.slices(group, start, unit_of)
+            layers = tuple(dict.fromkeys([*(n.rsplit(".", 1)[0] for n, *_ in found), *(n.name for n in norms)]))
+            outputs = tuple(dict.fromkeys([n.rsplit(".", 1)[0] for n, dim, *_ in found if dim == 0]))
+            touched.append(outputs)
+            if reason is None and (reason := kept_by(outputs, self.keep_layers)):
+                self.skipped.append((root, reason))
+                continue
             if reason is not None:
                 self.skipped.append((root, reason))
                 log.warning("units of %s are kept unpruned: cannot remove them exactly (%s)", root, reason)
@@ -154,11 +140,11 @@ class PruningSpace(StateScoring):
             size = max(unit_of) + 1
             self._record(found, collected, buffers)
             self._record_norms(norms)
-            layers = tuple(dict.fromkeys([*(n.rsplit(".", 1)[0] for n, *_ in found), *(n.name for n in norms)]))
             self.groups.append(UnitGroup(root=root, start=start, size=size, layers=layers,
                                          unit_of_channel=tuple(unit_of)))
             start += size
         self.num_units = start
+        check_every_pattern_used(self.keep_layers, touched)
         if self.num_units == 0:
             why = "; ".join(f"{root}: {reason}" for root, reason in self.skipped) or "every channel feeds the output"
             raise NothingToPruneError(

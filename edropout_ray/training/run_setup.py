@@ -38,7 +38,7 @@ class RunSetup:
     def new_space(self) -> PruningSpace:
         """The model of `new_model()` traced into its pruning space: how every entry point starts a run."""
         return PruningSpace(self.new_model(), self.example_inputs(), scoring=self.config.scoring,
-                            options=ScoringOptions.of(self.config))
+                            options=ScoringOptions.of(self.config), keep_layers=tuple(self.config.keep_layers))
 
     def example_inputs(self) -> torch.Tensor:
         x, _ = next(iter(self.test_loader))
