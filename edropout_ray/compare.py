@@ -109,8 +109,8 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
     rows = [{"method": name, "seed": seed, **{m: float(r[m]) for m in METRICS if m != "method_seconds"},
              "method_seconds": float(r["edropout_seconds"])} for (name, seed), r in reports.items()]
     dense = [{"method": "dense", "seed": s, "top1": r["dense_top1"], "top5": r["dense_top5"], "params_kept_fraction": 1.0,
-              "macs_kept_fraction": 1.0, "units_kept_fraction": 1.0, "method_seconds": float("nan"), "wall_seconds": float("nan")}
-             for s, r in edropout.items() if "dense_top1" in r]
+              "macs_kept_fraction": 1.0, "units_kept_fraction": 1.0, "method_seconds": float("nan"),
+              "wall_seconds": float("nan")} for s, r in edropout.items() if "dense_top1" in r]
     rows += dense
     summary = summarize(rows)
     output.write_table("runs.parquet", pa.Table.from_pylist(rows))

@@ -84,7 +84,8 @@ class Config:
     # with prune_target_params or prune_target_macs: every group keeps the same share (uniform; the search
     # picks units), or the search also picks each group's width, every state brought to the target (searched)
     layer_widths: str = "searched"
-    # module-name patterns (fnmatch) of layers kept whole: every coupled group touching one gets no units
+    # layers whose output channels are never cut (fnmatch module-name patterns, as Torch-Pruning's
+    # ignored_layers): the coupled group that cuts them gets no units (pruning/kept_layers.py)
     keep_layers: list[str] = dataclasses.field(default_factory=list)
     # learner
     optimizer: str = "sgd"
