@@ -4,6 +4,7 @@ not in a run resumed after the freeze; and the report says what each process hel
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import ray
@@ -28,13 +29,17 @@ def local_ray():
     ray.shutdown()
 
 
-def is_dead(actor) -> bool:
-    """A killed actor's calls fail (ActorDiedError) once Ray has ended it: the call waits for that event."""
-    try:
-        ray.get(actor.num_units.remote())
-        return False
-    except ray.exceptions.RayActorError:
-        return True
+def is_dead(actor, live_for: float = 60.0) -> bool:
+    """A killed actor's calls fail (ActorDiedError) once Ray has ended it. `ray.kill` is asynchronous: a
+    call made just after it can still be served, so calls are repeated until one fails (the event
+    waited for); an actor that answers for `live_for` seconds is alive (the bound only decides a failure)."""
+    deadline = time.monotonic() + live_for
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.num_units.remote())
+        except ray.exceptions.RayActorError:
+            return True
+    return False
 
 
 class Crash(Exception):
