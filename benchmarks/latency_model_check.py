@@ -43,14 +43,14 @@ def activation_weights(space: PruningSpace) -> torch.Tensor:
     """Per unit (and a last entry for what no unit controls): the output elements per sample of the
     counted layers' output channels it controls."""
     positions = positions_per_weight(space.model, space.example_inputs)
+    producers, parameters = space.producer_indices(), dict(space.model.named_parameters())
     weights = torch.zeros(space.num_units + 1, dtype=torch.float64)
-    for name, units in space.producer_indices().items():
-        if name in positions:
-            weights.index_add_(0, units, torch.full((len(units),), positions[name], dtype=torch.float64))
-    for name, count in positions.items():  # layers no group cuts: every output channel always kept
-        if name not in space.producer_indices():
-            out_channels = dict(space.model.named_parameters())[name].shape[0]
-            weights[-1] += count * out_channels
+    for name, count in positions.items():
+        if name in producers:
+            units = producers[name]
+            weights.index_add_(0, units, torch.full((len(units),), count, dtype=torch.float64))
+        else:  # a layer no group cuts: every output channel always kept
+            weights[-1] += count * parameters[name].shape[0]
     return weights
 
 

@@ -40,6 +40,9 @@ COMPARE_FILE = "compare.json"  # the config, seeds and methods, for --resume
 REPORT_FILE = "report.json"  # a run's, written when it has finished
 METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_kept_fraction", "method_seconds",
            "wall_seconds")
+# method_seconds: the method's own pruning and training (report.json's `edropout_seconds`, taken before
+# EDropout's run trains the dense reference and before any run's report, exports and timings)
+REPORT_KEYS = {"method_seconds": "edropout_seconds"}  # a metric read from a report key of another name
 
 
 def _one_run(config_values: dict, folder: str) -> dict:
@@ -104,10 +107,8 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
         pending |= {(name, seed): launch(name, seed, changes | size) for name, changes in baselines.items()}
     reports = {("edropout", s): edropout[s] for s in seeds}
     reports |= dict(zip(pending, ray.get(list(pending.values()))))
-    # method_seconds: the method's own pruning and training (report.json's `edropout_seconds`, taken before
-    # EDropout's run trains the dense reference and before any run's report, exports and timings)
-    rows = [{"method": name, "seed": seed, **{m: float(r[m]) for m in METRICS if m != "method_seconds"},
-             "method_seconds": float(r["edropout_seconds"])} for (name, seed), r in reports.items()]
+    rows = [{"method": name, "seed": seed, **{m: float(r[REPORT_KEYS.get(m, m)]) for m in METRICS}}
+            for (name, seed), r in reports.items()]
     dense = [{"method": "dense", "seed": s, "top1": r["dense_top1"], "top5": r["dense_top5"], "params_kept_fraction": 1.0,
               "macs_kept_fraction": 1.0, "units_kept_fraction": 1.0, "method_seconds": float("nan"),
               "wall_seconds": float("nan")} for s, r in edropout.items() if "dense_top1" in r]
