@@ -81,15 +81,15 @@ def ranked_state_at_size(space: PruningSpace, scores: torch.Tensor, layer: torch
     """
     state = fit_to_size(space, lambda fraction: keep_top(scores, fraction, layer, per_layer=per_layer), target,
                         cost=cost)
-    if per_layer or abs(size_fraction(space, state, cost) - target) <= FILL_ABOVE_MISS:
+    miss = abs(size_fraction(space, state, cost) - target)
+    if per_layer or miss <= FILL_ABOVE_MISS:
         return state
     filled = keep_top(scores, 0.0, layer, per_layer=False)  # the floor: the best unit of each layer
     for unit in torch.argsort(scores, descending=True, stable=True).tolist():
         if not filled[unit]:
             filled[unit] = True
             filled[unit] = size_fraction(space, filled, cost) <= target
-    closer = abs(size_fraction(space, filled, cost) - target) < abs(size_fraction(space, state, cost) - target)
-    return filled if closer else state
+    return filled if abs(size_fraction(space, filled, cost) - target) < miss else state
 
 
 def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Tensor, steps: int,
