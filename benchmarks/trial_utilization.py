@@ -1,10 +1,12 @@
 """Devices held and used by a run on Ray: shards for the whole run (the old shape) against shards only
-while the population searches (the default), and a two-worker learner that gives one worker's device
-to a shard while searching, side by side, from each run's report.json `resources`.
+while the population searches (the default), a two-worker learner that gives one worker's device
+to a shard while searching, and two learner workers that score the population themselves
+(`score_on_learners`), side by side, from each run's report.json `resources`.
 
 All are the same default-schedule EDropout run (dense warm-up, search, frozen mask trained alone) on a
 local Ray, one after the other in this process: the first two with `shards` shard actors and one
-learner, the third with `learner_workers: 2` and `shards - 1` shards on the same number of devices.
+learner, the third with `learner_workers: 2` and `shards - 1` shards on the same number of devices, the
+fourth with `learner_workers: shards`, each worker holding one shard.
 For each shape it prints, per role, the device-seconds held, the device-seconds busy and their ratio,
 and the run's wall time and top-1; the JSON goes to --out.
 
@@ -22,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# shape -> (shards follow the phases, learner workers, shards taken from the learner's devices)
-SHAPES = {"shards for the whole run": (False, 1, 0), "shards while searching": (True, 1, 0),
-          "2 workers, shard shares": (True, 2, 1)}
+# shape -> (shards follow the phases, learner workers (None: one per shard), shards taken from the learner's
+# devices, the learner's workers score)
+SHAPES = {"shards for the whole run": (False, 1, 0, False), "shards while searching": (True, 1, 0, False),
+          "2 workers, shard shares": (True, 2, 1, False), "workers score": (True, None, 0, True)}
 
 
 def run_shape(config, follow_phases: bool) -> dict:
@@ -69,13 +72,21 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config keys, as train's --set")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of: " + ", ".join(SHAPES))
     parser.add_argument("--out", default="benchmarks/results/trial_utilization_cpu.json")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides).replace(
         epochs=args.epochs, shards=args.shards, dense_baseline=False, latency_batches=[],
         report_extra_masks=False, checkpoint_every=0)
-    results = {shape: run_shape(config.replace(learner_workers=workers, shards=args.shards - fewer), follow)
-               for shape, (follow, workers, fewer) in SHAPES.items()}
+    shapes = args.shapes.split(",")
+    unknown = [shape for shape in shapes if shape not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {unknown}: choose from {', '.join(SHAPES)}")
+    results = {}
+    for shape in shapes:
+        follow, workers, fewer, score = SHAPES[shape]
+        results[shape] = run_shape(config.replace(learner_workers=workers or args.shards, shards=args.shards - fewer,
+                                                  score_on_learners=score), follow)
     print(table(results))
     Path(args.out).write_text(json.dumps({"config": config.to_dict(), "results": results}, indent=2))
     print(f"written to {args.out}")

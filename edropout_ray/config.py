@@ -134,6 +134,9 @@ class Config:
     learner_gpus: float = 0.0
     learner_workers: int = 1  # data-parallel learner processes (each learner_cpus, learner_gpus); needs shards >= 1
     share_devices_across_phases: bool = True  # learner_workers > 1: one learner worker while the shards search
+    # the population scored by the learner's workers themselves (the first `shards` of them, each a slice):
+    # no shard processes; every worker scores while searching and trains all run long (distributed/coordinator.py)
+    score_on_learners: bool = False
     # checkpoints: every N steps (0 = never) into the output folder, for --resume
     checkpoint_every: int = 0
     # files of the pruned model: pt2 (torch.export), onnx (checked by ONNX Runtime)
@@ -230,6 +233,9 @@ class Config:
         need(self.learner_workers == 1 or self.shards >= 1,
              f"learner_workers: {self.learner_workers} needs the Ray runtime: set shards >= 1 (with shards: 0 the run "
              "is one process)")
+        need(not self.score_on_learners or 1 <= self.shards <= self.learner_workers,
+             f"score_on_learners puts the population's {self.shards} shard(s) in the learner's "
+             f"{self.learner_workers} worker(s): set 1 <= shards <= learner_workers")
         need(self.batch_size >= self.learner_workers,
              f"batch_size ({self.batch_size}) must be at least learner_workers ({self.learner_workers}): the global "
              "batch is split over them")

@@ -8,6 +8,11 @@ the freeze starts none.
 With `overlap: true`, the children of step t+1 are scored while the learner runs step t, so the
 energies use weights one step old; the learner then never waits for scoring.
 
+With `score_on_learners: true` there are no shard processes: the first `shards` of the learner's workers
+score the population, each a slice, with their own replicas (the weights after the last step, as in one
+process), then take part in the step. Every worker is held and works for the whole run; nothing is
+started, resized or sent weights at the phases' changes.
+
 Faults: a dead shard is replaced by the pool; a lost learner is recovered by its proxy; a shard
 that lacks the weights it was sent makes the coordinator recover the learner and score again.
 Every wait checks the cluster (liveness.py), so a lost cluster stops the run instead of hanging it.
@@ -43,9 +48,10 @@ class DistributedEngine(EDropoutEngine):
         # False: the shards start with the learner and live to the end (the shape before phases; benchmarks)
         self.shards_follow_phases = shards_follow_phases
         # the learner on one worker while the shards search, on all of them before and after
+        self.scores_on_learners = config.score_on_learners
         self.shares_devices = (shards_follow_phases and config.share_devices_across_phases
-                               and config.learner_workers > 1)
-        if not shards_follow_phases:
+                               and config.learner_workers > 1 and not self.scores_on_learners)
+        if not shards_follow_phases and not self.scores_on_learners:
             self._start_shards()
 
     def _start_shards(self) -> None:
@@ -57,7 +63,7 @@ class DistributedEngine(EDropoutEngine):
 
     def _prepare_step(self) -> None:
         """Shards up shortly before the population is first scored, and only if it will be."""
-        if self.pool.running or self.frozen or not self.shards_follow_phases:
+        if self.scores_on_learners or self.pool.running or self.frozen or not self.shards_follow_phases:
             return
         if self.step_count >= self.warmup_steps - self.config.shards_start_ahead:
             self._start_shards()
@@ -71,6 +77,9 @@ class DistributedEngine(EDropoutEngine):
                 self.learner.resize(self.config.learner_workers)
 
     def _score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.scores_on_learners:  # queued behind the step in flight: its result first, so a lost worker
+            self._collect_pending()  # is recovered once, where the step is awaited
+            return self.learner.score(states, x, y)
         while True:
             try:
                 return self.pool(states, x, y)
@@ -114,7 +123,7 @@ class DistributedEngine(EDropoutEngine):
 def start_distributed_engine(space: PruningSpace, config: Config, recipe: ModelRecipe,
                              total_steps: int | None = None, shards_follow_phases: bool = True) -> DistributedEngine:
     """Start the learner actor, seeded with the driver's weights, and a pool of `config.shards` shard
-    actors that the engine starts when the search nears; `total_steps`: the run's length, over which
+    actors that the engine starts when the search nears (never, with `score_on_learners`); `total_steps`: the run's length, over which
     the learner's cosine schedule anneals."""
     example = space.example_inputs.cpu()
     shard_device = "cuda" if config.shard_gpus > 0 else "cpu"
@@ -153,12 +162,13 @@ def _start_learner(space: PruningSpace, config: Config, recipe: ModelRecipe, poo
     def start_worker():
         return learner_actor.remote(recipe, example, config, weights_ref, device, total_steps)
 
+    scorers = config.shards if config.score_on_learners else 0
     group = LearnerGroup(start_worker, config.learner_workers, liveness,
                          restarts=config.learner_restarts if recoverable else 0,
                          backend="nccl" if config.learner_gpus > 0 else "gloo",
-                         resources=(config.learner_cpus, config.learner_gpus))
+                         resources=(config.learner_cpus, config.learner_gpus), scorers=scorers)
     try:
-        return RemoteLearner(group, pool, config.sync_every, liveness, recoverable=recoverable)
+        return RemoteLearner(group, pool, config.sync_every, liveness, recoverable=recoverable, scorers=scorers)
     except BaseException:
         group.kill()
         raise

@@ -52,6 +52,7 @@ class LearnerWorker:
         space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring,
                              options=ScoringOptions.of(config), keep_layers=tuple(config.keep_layers))
         self.learner = Learner(space, config, total_steps=total_steps)
+        self.energy, self.kappa = config.energy, config.kappa
         self.clock = BusyClock()
         with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally
             warnings.simplefilter("ignore")
@@ -77,6 +78,16 @@ class LearnerWorker:
         learner = self._ready()
         with self.clock.busy():
             return learner.step(state.to(self.device), x.to(self.device), y.to(self.device))
+
+    def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Energies of `states` with this worker's weights (those after its last step), as a shard scores
+        (`score_on_learners`): scoring stores no statistics, so the workers' replicas stay alike."""
+        learner = self._ready()
+        with self.clock.busy():
+            learner.sync()  # the latest step may have trained the state at its size
+            learner.model.train()  # batch statistics, as the learner's step sees the network
+            return learner.space.score(states, x.to(self.device), y.to(self.device), energy=self.energy,
+                                       kappa=self.kappa).cpu()
 
     # ---- one worker of a data-parallel learner (learner_group.py) --------------------------------
     def rendezvous(self, local: bool) -> str:
@@ -182,8 +193,9 @@ class RemoteLearner:
     """
 
     def __init__(self, group: LearnerGroup, pool: ShardPool, sync_every: int, liveness: Liveness | None = None,
-                 recoverable: bool = False):
+                 recoverable: bool = False, scorers: int = 0):
         self.group, self.pool, self.sync_every = group, pool, sync_every
+        self.scorers = scorers  # score_on_learners: the first `scorers` workers score the population
         self.liveness = liveness or Liveness()
         self.recoverable = recoverable
         self.steps = 0
@@ -236,6 +248,20 @@ class RemoteLearner:
         pending = self.step_async(state, x, y)
         self.publish_if_due()
         return pending.result()
+
+    def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Energies of `states`, a contiguous slice on each of the first `scorers` workers, after every step
+        submitted so far (actor calls run in order). A worker lost meanwhile is recovered (restart, replay)
+        and the states are scored again: scoring changes no state, so nothing of it is replayed."""
+        x_ref, y_ref = ray.put(x.cpu()), ray.put(y.cpu())
+        while True:
+            workers = self.group.workers[:self.scorers]
+            chunks = [chunk for chunk in torch.tensor_split(states.cpu(), len(workers)) if len(chunk)]
+            futures = [worker.score.remote(chunk, x_ref, y_ref) for worker, chunk in zip(workers, chunks)]
+            try:
+                return torch.cat(self.liveness.get(futures, "the learner workers' scoring"))
+            except LOST as error:
+                self.recover(error)
 
     def end_epoch(self) -> None:
         self._log(ReplayedEpochEnd())

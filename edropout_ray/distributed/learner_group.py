@@ -47,8 +47,9 @@ class LearnerGroup:
     """`size` learner worker actors started by `start_worker()`; all calls return lists of object refs."""
 
     def __init__(self, start_worker: Callable[[], "ray.actor.ActorHandle"], size: int, liveness: Liveness,
-                 restarts: int, backend: str, resources: tuple[float, float]):
+                 restarts: int, backend: str, resources: tuple[float, float], scorers: int = 0):
         self.start_worker, self.size, self.liveness = start_worker, size, liveness
+        self.scorers = scorers  # ranks below it also score the population (score_on_learners): their role says so
         self.restarts, self.backend, self.resources = restarts, backend, resources
         self.restarts_used = 0
         self.workers: list = []
@@ -151,7 +152,8 @@ class LearnerGroup:
                     busy = self.liveness.get(worker.busy_seconds.remote(), "the learner's busy time", deadline_s=10.0)
             except Exception:  # lost, or the cluster is gone: its time is lost with it
                 pass
-            usages.append(ProcessUsage("learner", len(self.ended) + rank, cpus, gpus, held_s=held, busy_s=busy))
+            role = "learner+shard" if rank < self.scorers else "learner"
+            usages.append(ProcessUsage(role, len(self.ended) + rank, cpus, gpus, held_s=held, busy_s=busy))
         return usages
 
     def kill(self) -> None:

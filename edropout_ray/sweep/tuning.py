@@ -72,7 +72,9 @@ def trial_resources(config: Config) -> tune.PlacementGroupFactory:
     if config.shards == 0:
         return tune.PlacementGroupFactory([learner_bundle(config)])
     shard = {"CPU": config.shard_cpus, "GPU": config.shard_gpus}
-    if config.learner_workers > 1 and config.share_devices_across_phases:
+    if config.score_on_learners:  # the shards live in the learner's workers: their bundles serve every phase
+        bundles = [{"CPU": 0.01}] + [learner_bundle(config) for _ in range(config.learner_workers)]
+    elif config.learner_workers > 1 and config.share_devices_across_phases:
         # the same bundles serve the learner's workers outside the search, one worker and the shards in it
         learner = learner_bundle(config)
         device = {name: max(learner.get(name, 0.0), shard[name]) for name in ("CPU", "GPU")}

@@ -77,7 +77,7 @@ def test_two_workers_take_the_step_one_worker_takes_on_the_whole_batch(train_at_
 def train(workers: int, kill_worker_at: int | None = None, checkpoint_dir=None, **keys):
     """A short run on digits; optionally kill learner worker 1 after that many steps.
     (mask, rows, engine, report's resources, each worker's final weights)."""
-    setup = prepare(Config(learner_workers=workers, **RUN, **keys))
+    setup = prepare(Config(**{**RUN, "learner_workers": workers, **keys}))
     engine = make_engine(PruningSpace(setup.new_model(), setup.example_inputs()), setup)
     def kill_at_its_step(engine):
         if engine.step_count == kill_worker_at:  # as a lost node does
@@ -169,3 +169,64 @@ def test_the_learner_gives_its_devices_to_the_shards_while_the_population_search
     assert len(learners) == 5, learners  # 2, then 1, then 2
     assert [p["role"] for p in so_far[0]["processes"]] == ["learner"] * 3 + ["shard"]  # 2 ended, 1 and the shard
     assert 0 < so_far[0]["busy_device_s"] < so_far[0]["held_device_s"] < resources["held_device_s"]
+
+
+# ---- score_on_learners: the population scored by the learner's workers, no shard processes ---------
+def test_learner_workers_score_a_population_as_the_driver_does_with_the_same_weights():
+    """Two workers, each scoring a slice: the driver's energies on the same weights (float64), before a
+    step and after one (the scores are queued behind it, so they see its update)."""
+    recipe = ModelRecipe("helpers:double_mlp", num_classes=10, in_channels=1, image_size=8, seed=0)
+    space = PruningSpace(recipe.build(), torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    config = Config(shards=2, learner_workers=2, score_on_learners=True, optimizer="sgd", lr=0.5,
+                    batch_size=16, channel_multiple=1, energy="margin", kappa=10.0)
+    liveness = Liveness()
+    learner = _start_learner(space, config, recipe, ShardPool(lambda: None, 2, liveness), liveness, total_steps=10)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=generator)
+    y = torch.randint(0, 10, (16,), generator=generator)
+    states = random_states(space, 5, p_keep=0.6, seed=4)  # 5 states: slices of 3 and 2
+    try:
+        before = learner.score(states, x, y)
+        learner.step_async(states[0], x, y)
+        after = learner.score(states, x, y)
+        space.model.load_state_dict(learner.weights())
+    finally:
+        learner.close()
+    expected = space.score(states, x, y, energy="margin", kappa=10.0)
+    assert after.shape == (5,) and torch.allclose(after, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(before, after), "the scores did not see the step queued before them"
+
+
+@pytest.fixture(scope="module")
+def scoring_workers():
+    return train(workers=2, shards=2, score_on_learners=True)
+
+
+def test_learners_that_score_hold_every_device_for_the_whole_run_and_start_no_shard(scoring_workers):
+    mask, rows, engine, resources, weights = scoring_workers
+    searched = [r for r in rows if math.isfinite(r.best_energy)]
+    assert searched and sum(r.accepted for r in rows) > 0, "the population was never scored"
+    assert engine.pool.replacements == 0 and engine.pool.usage == [], "a shard process was started"
+    assert [p["role"] for p in resources["processes"]] == ["learner+shard"] * 2, resources["processes"]
+    assert all(p["busy_s"] > 0 for p in resources["processes"])
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), f"the workers' {name} differ"
+
+
+def test_a_worker_killed_while_scoring_is_recovered_and_the_run_ends_as_without_the_kill(scoring_workers, tmp_path):
+    """Worker 1 killed after step 5, in the search: the next scoring finds it gone; the group starts again
+    from the step-3 checkpoint, replays, scores again, and every row is the uninterrupted run's."""
+    mask_2, rows_2, _, _, _ = scoring_workers
+    mask, rows, engine, _, _ = train(workers=2, shards=2, score_on_learners=True, kill_worker_at=5,
+                                     checkpoint_dir=tmp_path, checkpoint_every=3)
+    assert math.isfinite(rows_2[5].best_energy), "the kill must come while the population is scored"
+    assert engine.learner.recoveries == 1
+    assert torch.equal(mask, mask_2)
+    assert [asdict(r) for r in rows] == [asdict(r) for r in rows_2]
+
+
+def test_score_on_learners_needs_a_shard_per_worker_at_most():
+    from edropout_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set 1 <= shards <= learner_workers"):
+        Config(learner_workers=2, shards=3, score_on_learners=True)
