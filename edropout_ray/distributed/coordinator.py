@@ -96,6 +96,12 @@ class DistributedEngine(EDropoutEngine):
         self.learner.publish_if_due()
         return self.learner.step_async(state, x, y)
 
+    def validate(self, state: torch.Tensor, loader, device: torch.device) -> dict[str, float]:
+        """On the learner's workers, a share of the batches each: they hold the weights and the devices, which
+        would otherwise wait while the driver validates."""
+        self._collect_pending()
+        return self.learner.evaluate(state, loader)
+
     def checkpoint(self) -> dict:
         saved = super().checkpoint()
         self.learner.restart_from(saved["learner"])  # a learner lost from now on resumes from this state

@@ -31,6 +31,7 @@ from .placement import actor_device, computing_on
 from ..models import ModelRecipe
 from .shard import ShardPool
 from .usage import BusyClock, ProcessUsage
+from ..pruning.evaluation import EvaluationSums, evaluation_sums
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
@@ -88,6 +89,13 @@ class LearnerWorker:
             learner.model.train()  # batch statistics, as the learner's step sees the network
             return learner.space.score(states, x.to(self.device), y.to(self.device), energy=self.energy,
                                        kappa=self.kappa).cpu()
+
+    def evaluate(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> EvaluationSums:
+        """A validation batch's sums with `state` applied (the workers split the validation set)."""
+        learner = self._ready()
+        with self.clock.busy():
+            learner.sync()
+            return evaluation_sums(learner.space, state.to(self.device), [(x, y)], self.device)
 
     # ---- one worker of a data-parallel learner (learner_group.py) --------------------------------
     def rendezvous(self, local: bool) -> str:
@@ -260,6 +268,15 @@ class RemoteLearner:
             futures = [worker.score.remote(chunk, x_ref, y_ref) for worker, chunk in zip(workers, chunks)]
             try:
                 return torch.cat(self.liveness.get(futures, "the learner workers' scoring"))
+            except LOST as error:
+                self.recover(error)
+
+    def evaluate(self, state: torch.Tensor, batches) -> dict[str, float]:
+        """Validation metrics of `state` on `batches`, shared out over the workers; a worker lost meanwhile
+        is recovered and the batches evaluated again."""
+        while True:
+            try:
+                return self.group.evaluate(state.cpu(), batches).metrics()
             except LOST as error:
                 self.recover(error)
 

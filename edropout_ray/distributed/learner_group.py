@@ -21,6 +21,7 @@ from typing import Callable
 import ray
 import torch
 
+from ..pruning.evaluation import EvaluationSums
 from ..training.contract import StepResult
 from .liveness import ActorLostError, Liveness
 from .usage import ProcessUsage
@@ -86,6 +87,18 @@ class LearnerGroup:
             x_ref, y_ref, _ = parts[0]
             return [self.workers[0].step.remote(state, x_ref, y_ref)]
         return [w.step_part.remote(state, x_ref, y_ref, share) for w, (x_ref, y_ref, share) in zip(self.workers, parts)]
+
+    def evaluate(self, state: torch.Tensor, batches) -> EvaluationSums:
+        """`batches` evaluated by the workers in turn, at most two a worker in flight (a large validation set
+        never sits whole in the object store)."""
+        sums, pending = EvaluationSums(), []
+        for index, (x, y) in enumerate(batches):
+            pending.append(self.workers[index % self.size].evaluate.remote(state, x, y))
+            if len(pending) >= 2 * self.size:
+                sums += self.liveness.get(pending.pop(0), "the learner's validation")
+        for ref in pending:
+            sums += self.liveness.get(ref, "the learner's validation")
+        return sums
 
     def each(self, method: str, *args) -> list:
         """`method` on every worker (what changes a worker's state: all must stay alike)."""

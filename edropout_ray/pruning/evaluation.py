@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
@@ -9,29 +11,50 @@ from ..evolution.population import repair_empty_groups
 from .space import PruningSpace
 
 
+@dataclass
+class EvaluationSums:
+    """Sums over the samples seen so far; batches scored apart (on several workers) add up."""
+    total: int = 0
+    loss_sum: float = 0.0
+    correct: dict[int, int] = field(default_factory=lambda: {1: 0, 3: 0, 5: 0})
+
+    def __add__(self, other: "EvaluationSums") -> "EvaluationSums":
+        return EvaluationSums(self.total + other.total, self.loss_sum + other.loss_sum,
+                              {k: self.correct[k] + other.correct[k] for k in self.correct})
+
+    def metrics(self) -> dict[str, float]:
+        """Loss and top-1/3/5 accuracy (in %)."""
+        if self.total == 0:
+            raise ValueError("cannot evaluate on an empty data set")
+        return {"loss": self.loss_sum / self.total,
+                **{f"top{k}": 100.0 * c / self.total for k, c in self.correct.items()}}
+
+
 @torch.no_grad()
-def evaluate(space: PruningSpace, state: torch.Tensor, loader, device: torch.device) -> dict[str, float]:
-    """Loss and top-1/3/5 accuracy (in %) with `state` applied, in eval mode."""
+def evaluation_sums(space: PruningSpace, state: torch.Tensor, batches, device: torch.device) -> EvaluationSums:
+    """`batches`' sums with `state` applied, in eval mode (the model's mode restored after)."""
     model = space.model
     was_training = model.training
     model.eval()
-    total, loss_sum = 0, 0.0
-    correct = {1: 0, 3: 0, 5: 0}
+    sums = EvaluationSums()
     try:
-        for x, y in loader:
+        for x, y in batches:
             x, y = x.to(device), y.to(device)
             logits = space.masked_forward(state, x)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            sums.loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = ranked == y.unsqueeze(1)
-            for k in correct:
-                correct[k] += int(hits[:, :k].any(dim=1).sum())
-            total += len(y)
+            for k in sums.correct:
+                sums.correct[k] += int(hits[:, :k].any(dim=1).sum())
+            sums.total += len(y)
     finally:
         model.train(was_training)
-    if total == 0:
-        raise ValueError("cannot evaluate on an empty data set")
-    return {"loss": loss_sum / total, **{f"top{k}": 100.0 * c / total for k, c in correct.items()}}
+    return sums
+
+
+def evaluate(space: PruningSpace, state: torch.Tensor, loader, device: torch.device) -> dict[str, float]:
+    """Loss and top-1/3/5 accuracy (in %) with `state` applied, in eval mode."""
+    return evaluation_sums(space, state, loader, device).metrics()
 
 
 def random_state(space: PruningSpace, prune_fraction: float, generator: torch.Generator) -> torch.Tensor:

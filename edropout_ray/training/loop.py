@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from ..artifacts import checkpoint
 from .step import EDropoutEngine, StepRecord
-from ..pruning.evaluation import evaluate
 from .run_setup import RunSetup, steps_per_epoch
 from ..artifacts.storage import Folder
 
@@ -109,10 +108,13 @@ class TrainLoop:
         bar.update(1)
 
     def _end_epoch(self, seconds: float) -> None:
-        self.engine.finish()  # the driver's model gets the learner's weights for validation
         state = self.engine.best_state if self.evolve else self.state
         loader = self.setup.val_loader
-        val = evaluate(self.engine.space, state, loader, self.setup.device) if loader else {"top1": None, "loss": None}
+        if loader:
+            val = self.engine.validate(state, loader, self.setup.device)
+        else:
+            self.engine.finish()  # the driver's model gets the learner's weights, as validation would
+            val = {"top1": None, "loss": None}
         row = {"epoch": self.epoch, "val_top1": val["top1"], "val_loss": val["loss"], "lr": self.engine.learner.learning_rate(),
                "kept_fraction": float(state.float().mean()), "frozen": self.evolve and self.engine.frozen,
                "seconds": seconds}

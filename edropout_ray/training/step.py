@@ -20,6 +20,7 @@ from .contract import LearnerContract, StepResult
 from .learner import Learner
 from ..evolution.population import (Population, diversity, reference_operator, repair_empty_groups,
                                     round_kept_counts, set_kept_counts)
+from ..pruning.evaluation import evaluate
 from ..pruning.sizing import counts_for_size, fit_states_to_size
 from ..pruning.space import PruningSpace
 
@@ -265,6 +266,12 @@ class EDropoutEngine:
         else:
             return
         self.final_mask = best.clone()
+
+    def validate(self, state: torch.Tensor, loader, device: torch.device) -> dict[str, float]:
+        """Loss and top-k of `state` on `loader` with the learner's latest weights (here, on the driver's model;
+        a runtime may evaluate where its learner lives)."""
+        self.finish()
+        return evaluate(self.space, state, loader, device)
 
     def end_epoch(self) -> None:
         self._collect_pending()

@@ -17,6 +17,7 @@ from edropout_ray.distributed.coordinator import _start_learner
 from edropout_ray.distributed.liveness import Liveness
 from edropout_ray.distributed.shard import ShardPool
 from edropout_ray.models import ModelRecipe
+from edropout_ray.pruning.evaluation import evaluate
 from edropout_ray.pruning.space import PruningSpace
 from edropout_ray.train import TrainLoop, make_engine, prepare
 
@@ -172,9 +173,10 @@ def test_the_learner_gives_its_devices_to_the_shards_while_the_population_search
 
 
 # ---- score_on_learners: the population scored by the learner's workers, no shard processes ---------
-def test_learner_workers_score_a_population_as_the_driver_does_with_the_same_weights():
+def test_learner_workers_score_and_validate_as_the_driver_does_with_the_same_weights():
     """Two workers, each scoring a slice: the driver's energies on the same weights (float64), before a
-    step and after one (the scores are queued behind it, so they see its update)."""
+    step and after one (the scores are queued behind it, so they see its update); validation shared out
+    over the workers gives the driver's metrics."""
     recipe = ModelRecipe("helpers:double_mlp", num_classes=10, in_channels=1, image_size=8, seed=0)
     space = PruningSpace(recipe.build(), torch.randn(2, 1, 8, 8, dtype=torch.float64))
     config = Config(shards=2, learner_workers=2, score_on_learners=True, optimizer="sgd", lr=0.5,
@@ -189,12 +191,18 @@ def test_learner_workers_score_a_population_as_the_driver_does_with_the_same_wei
         before = learner.score(states, x, y)
         learner.step_async(states[0], x, y)
         after = learner.score(states, x, y)
+        batches = [(torch.randn(n, 1, 8, 8, dtype=torch.float64, generator=generator),
+                    torch.randint(0, 10, (n,), generator=generator)) for n in (7, 5, 6)]  # 2 on rank 0, 1 on rank 1
+        validated = learner.evaluate(states[1], batches)
         space.model.load_state_dict(learner.weights())
     finally:
         learner.close()
     expected = space.score(states, x, y, energy="margin", kappa=10.0)
     assert after.shape == (5,) and torch.allclose(after, expected, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(before, after), "the scores did not see the step queued before them"
+    on_driver = evaluate(space, states[1], batches, torch.device("cpu"))
+    assert validated.keys() == on_driver.keys()
+    assert all(math.isclose(validated[k], on_driver[k], rel_tol=1e-12) for k in on_driver), (validated, on_driver)
 
 
 @pytest.fixture(scope="module")
