@@ -77,8 +77,7 @@ class DistributedEngine(EDropoutEngine):
                 self.learner.resize(self.config.learner_workers)
 
     def _score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.scores_on_learners:  # queued behind the step in flight: its result first, so a lost worker
-            self._collect_pending()  # is recovered once, where the step is awaited
+        if self.scores_on_learners:  # queued behind the step in flight on the same workers
             return self.learner.score(states, x, y)
         while True:
             try:
@@ -89,7 +88,13 @@ class DistributedEngine(EDropoutEngine):
     def _learn(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult | PendingStep:
         """With `overlap`, this step's children were scored while the learner's previous step ran on its
         actor (with the weights from before that step); the shards get the newer weights only now, and
-        this step's result is collected at the next one."""
+        this step's result is collected at the next one. With `score_on_learners` every step is sent before
+        the previous one's result is collected, so the workers always have the next call queued; scores are
+        queued behind the step on the same workers, so they see its weights anyway."""
+        if self.scores_on_learners:  # sent before the last one is collected: the workers never wait for the driver
+            pending = self.learner.step_async(state, x, y)
+            self._collect_pending()
+            return pending
         if not self.config.overlap:
             return self.learner.step(state, x, y)
         self._collect_pending()
@@ -98,8 +103,7 @@ class DistributedEngine(EDropoutEngine):
 
     def validate(self, state: torch.Tensor, loader, device: torch.device) -> dict[str, float]:
         """On the learner's workers, a share of the batches each: they hold the weights and the devices, which
-        would otherwise wait while the driver validates."""
-        self._collect_pending()
+        would otherwise wait while the driver validates. Queued behind the step in flight, as scores are."""
         return self.learner.evaluate(state, loader)
 
     def checkpoint(self) -> dict:

@@ -145,14 +145,17 @@ class LearnerWorker:
         self.restarted = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReplayedStep:
-    """A step sent to the workers: its state and its batch's parts (object refs, kept until the next checkpoint)."""
+    """A step sent to the workers: its state and its batch's parts (object refs, kept until the next
+    checkpoint), and its results' refs from the latest sending (a replay sends it again)."""
     state: torch.Tensor
     parts: list[BatchPart]
+    future: list | None = None
 
     def send(self, group: LearnerGroup) -> list:
-        return group.step(self.state, self.parts)
+        self.future = group.step(self.state, self.parts)
+        return self.future
 
 
 @dataclass(frozen=True)
@@ -178,11 +181,11 @@ ReplayEntry = ReplayedStep | ReplayedEpochEnd | ReplayedScheduleRestart | Publis
 class RemoteStep:
     """A step running on the learner's workers (a PendingStep): `result()` waits, recovering a lost worker."""
 
-    def __init__(self, learner: "RemoteLearner", future: list, shares: list[float]):
-        self.learner, self.future, self.shares = learner, future, shares
+    def __init__(self, learner: "RemoteLearner", sent: ReplayedStep):
+        self.learner, self.sent = learner, sent
 
     def result(self) -> StepResult:
-        return combine(self.learner.result(self.future), self.shares)
+        return combine(self.learner.result(self.sent), [share for _, _, share in self.sent.parts])
 
 
 # errors that mean "the learner lost its state": a worker died (and may be restarting), came back empty,
@@ -210,7 +213,7 @@ class RemoteLearner:
         self.recoveries = 0
         self.log: list[ReplayEntry] = []
         self.snapshot_ref: ray.ObjectRef | None = None
-        self.last_future: list | None = None
+        self.last_step: ReplayedStep | None = None
         if recoverable:  # the state at step 0, until the first checkpoint replaces it
             self.snapshot_ref = ray.put(self._read("state_dict"))
         self.publish()
@@ -238,19 +241,20 @@ class RemoteLearner:
         self.steps += 1
         entry = ReplayedStep(state.cpu(), split_batch(x.cpu(), y.cpu(), self.group.size))
         self._log(entry)
-        self.last_future = entry.send(self.group)
-        return RemoteStep(self, self.last_future, [share for _, _, share in entry.parts])
+        entry.send(self.group)
+        self.last_step = entry
+        return RemoteStep(self, entry)
 
-    def result(self, future: list) -> list[StepResult]:
-        """The workers' results of a step; if a worker was lost meanwhile, recover and take the replayed ones."""
+    def result(self, sent: ReplayedStep) -> list[StepResult]:
+        """The workers' results of a step sent; if a worker was lost meanwhile, recover and take the step's
+        replayed results (every step since the checkpoint is replayed, those still awaited included)."""
         while True:
             try:
-                return self.liveness.get(future, "the learner's step")
+                return self.liveness.get(sent.future, "the learner's step")
             except LOST as error:
-                if future is not self.last_future:
-                    raise  # only the latest step is awaited by the engines
+                if self.recoverable and not any(entry is sent for entry in self.log):
+                    raise  # sent before the latest checkpoint, which awaits every step first: not replayable
                 self.recover(error)
-                future = self.last_future
 
     def step(self, state: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         pending = self.step_async(state, x, y)
@@ -259,8 +263,9 @@ class RemoteLearner:
 
     def score(self, states: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Energies of `states`, a contiguous slice on each of the first `scorers` workers, after every step
-        submitted so far (actor calls run in order). A worker lost meanwhile is recovered (restart, replay)
-        and the states are scored again: scoring changes no state, so nothing of it is replayed."""
+        sent so far (actor calls run in order). A worker lost meanwhile is recovered (restart, replay: a step
+        still awaited gets its replayed results) and the states are scored again; scoring changes no state,
+        so nothing of it is replayed."""
         x_ref, y_ref = ray.put(x.cpu()), ray.put(y.cpu())
         while True:
             workers = self.group.workers[:self.scorers]
@@ -325,8 +330,8 @@ class RemoteLearner:
         shards while the population searches, and takes them back at the freeze."""
         if workers == self.group.size:
             return
-        if self.last_future is not None:
-            self.result(self.last_future)
+        if self.last_step is not None:
+            self.result(self.last_step)
         state_ref = ray.put(self._read("state_dict"))
         log.info("the learner continues on %d worker(s) (it had %d)", workers, self.group.size)
         self.group.resize(workers, state_ref)
@@ -379,9 +384,7 @@ class RemoteLearner:
                 if index == last_publish and self.pool.running:  # earlier ones were superseded before any score
                     self.pool.publish(self.actor.weights_for_broadcast.remote())
                 continue
-            future = entry.send(self.group)
-            if isinstance(entry, ReplayedStep):
-                self.last_future = future
+            entry.send(self.group)
         if last_publish is None and self.pool.running:  # the shards' weights predate the checkpoint: the closest
             log.warning("republishing the checkpoint's weights to the shards")
             self.pool.publish(self.actor.weights_for_broadcast.remote())

@@ -27,6 +27,7 @@ from .liveness import ActorLostError, Liveness
 from .usage import ProcessUsage
 
 BatchPart = tuple  # (x's object ref, y's object ref, share of the global batch)
+EVALUATIONS_IN_FLIGHT = 4  # validation batches sent to a worker ahead of its results
 
 
 def split_batch(x: torch.Tensor, y: torch.Tensor, parts: int) -> list[BatchPart]:
@@ -89,12 +90,12 @@ class LearnerGroup:
         return [w.step_part.remote(state, x_ref, y_ref, share) for w, (x_ref, y_ref, share) in zip(self.workers, parts)]
 
     def evaluate(self, state: torch.Tensor, batches) -> EvaluationSums:
-        """`batches` evaluated by the workers in turn, at most two a worker in flight (a large validation set
-        never sits whole in the object store)."""
+        """`batches` evaluated by the workers in turn, at most EVALUATIONS_IN_FLIGHT a worker (a large
+        validation set never sits whole in the object store, and no worker waits for the driver's next batch)."""
         sums, pending = EvaluationSums(), []
         for index, (x, y) in enumerate(batches):
             pending.append(self.workers[index % self.size].evaluate.remote(state, x, y))
-            if len(pending) >= 2 * self.size:
+            if len(pending) >= EVALUATIONS_IN_FLIGHT * self.size:
                 sums += self.liveness.get(pending.pop(0), "the learner's validation")
         for ref in pending:
             sums += self.liveness.get(ref, "the learner's validation")
