@@ -27,7 +27,7 @@ from pathlib import Path
 # shape -> (shards follow the phases, learner workers (None: one per shard), shards taken from the learner's
 # devices, the learner's workers score)
 SHAPES = {"shards for the whole run": (False, 1, 0, False), "shards while searching": (True, 1, 0, False),
-          "2 workers, shard shares": (True, 2, 1, False), "workers score": (True, None, 0, True)}
+          "learner resized for a shard": (True, 2, 1, False), "learner workers score": (True, None, 0, True)}
 
 
 def run_shape(config, follow_phases: bool) -> dict:

@@ -160,6 +160,30 @@ def test_a_trials_devices_serve_the_learners_workers_and_the_shards_in_turn():
     assert sum(b.get("GPU", 0) for b in apart) == 15
 
 
+def test_a_trial_whose_learner_workers_score_reserves_only_the_workers():
+    """score_on_learners: the shards live in the workers, so 8 bundles serve every phase of the trial."""
+    bundles = trial_resources(Config(shards=8, learner_workers=8, score_on_learners=True, shard_gpus=1,
+                                     learner_gpus=1)).bundles
+    assert bundles == [{"CPU": 0.01}] + [{"CPU": 1, "GPU": 1}] * 8
+
+
+@pytest.mark.slow
+def test_a_sweep_of_trials_whose_learner_workers_score_completes_in_their_placement_groups(tmp_path):
+    """Two trials, each two data-parallel learner workers that also score the population, placed in the
+    trial's placement group (2 CPUs: the trials take turns); each reports what it held and used."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("base: {epochs: 2, max_steps_per_epoch: 4, batch_size: 64, latency_batches: [], shards: 2,\n"
+                    "       learner_workers: 2, score_on_learners: true, freeze_by: null}\n"
+                    "search:\n  population_size: {grid: [4, 6]}\n")
+    done = subprocess.run(sweep_command(path, tmp_path / "out"), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out" / "trials.parquet").to_pylist()
+    assert sorted(r["population_size"] for r in rows) == [4, 6]
+    for row in rows:
+        assert row["val_top1"] > 10, row  # above chance on digits after 8 steps
+        assert 0 < row["busy_device_s"] < row["held_device_s"], row
+
+
 @pytest.mark.slow
 def test_a_sweep_whose_trials_all_fail_exits_non_zero_naming_the_error(tmp_path):
     """--set reaches every trial (here a model module that does not exist: valid by its syntax, so the
