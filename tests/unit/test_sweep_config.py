@@ -125,4 +125,4 @@ def test_an_imagenet_trial_holds_eight_gpus_that_serve_every_phase():
 
     config = Config.from_dict(load_sweep(JOBS / "sweep_imagenet_resnet50.yaml").base)
     gpus = [bundle.get("GPU", 0) for bundle in trial_resources(config).bundles]
-    assert sum(gpus) == 8 == config.learner_workers == 1 + config.shards
+    assert sum(gpus) == 8 == config.learner_workers == config.shards and config.score_on_learners
