@@ -12,6 +12,7 @@ import pytest
 import ray
 import torch
 
+from edropout_ray.artifacts.checkpoint import load_checkpoint
 from edropout_ray.config import Config
 from edropout_ray.distributed.coordinator import _start_learner
 from edropout_ray.distributed.liveness import Liveness
@@ -229,6 +230,42 @@ def test_a_worker_killed_while_scoring_is_recovered_and_the_run_ends_as_without_
                                      checkpoint_dir=tmp_path, checkpoint_every=3)
     assert math.isfinite(rows_2[5].best_energy), "the kill must come while the population is scored"
     assert engine.learner.recoveries == 1
+    assert torch.equal(mask, mask_2)
+    assert [asdict(r) for r in rows] == [asdict(r) for r in rows_2]
+
+
+class Crash(Exception):
+    """The driver stopping between two steps (the last checkpoint is kept)."""
+
+
+def test_a_run_whose_workers_score_resumed_in_the_search_ends_as_without_the_stop(scoring_workers, tmp_path):
+    """Stopped after step 4 of the search (checkpoints every step, the last one after step 3), then resumed
+    from the checkpoint with new workers: every row and the final mask are the uninterrupted run's."""
+    mask_2, rows_2, _, _, _ = scoring_workers
+    config = Config(**{**RUN, "learner_workers": 2, "shards": 2, "score_on_learners": True, "checkpoint_every": 1})
+
+    def run_once(resume: bool):
+        setup = prepare(config)
+        engine = make_engine(PruningSpace(setup.new_model(), setup.example_inputs()), setup)
+
+        def stop_after_step_4(engine):
+            if engine.step_count == 4 and not resume:
+                raise Crash()
+
+        after_each_step(engine, stop_after_step_4)
+        loop = TrainLoop(engine, setup, "resumed", checkpoint_dir=tmp_path)
+        try:
+            if resume:
+                loop.restore(load_checkpoint(tmp_path))
+            loop.run(progress=False)
+        finally:
+            engine.close()
+        return engine.best_state.clone(), loop.step_rows
+
+    with pytest.raises(Crash):
+        run_once(resume=False)
+    mask, rows = run_once(resume=True)
+    assert math.isfinite(rows_2[3].best_energy), "the stop must come while the population is scored"
     assert torch.equal(mask, mask_2)
     assert [asdict(r) for r in rows] == [asdict(r) for r in rows_2]
 
