@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def connect(config: Config, address: str | None = None) -> None:
     """`address` 'auto' or 'ray://...' joins a cluster; inside `ray job submit` RAY_ADDRESS does it.
 
-    Otherwise a local Ray starts with enough logical CPUs for the learner, every shard and the
+    Otherwise a local Ray starts with enough logical CPUs for the learner's workers, every shard and the
     machine's own cores, so a laptop with fewer cores than actors still runs (they share the cores).
     """
     import ray
@@ -28,7 +28,8 @@ def connect(config: Config, address: str | None = None) -> None:
         return
     # the actors' reservations plus the machine's cores for everything else (Ray Data's decode tasks,
     # Tune's trials): with only the actors' share, streamed data would wait for a free CPU forever
-    cpus = math.ceil(config.shards * config.shard_cpus + config.learner_cpus) + (os.cpu_count() or 1)
+    shard_cpus = 0 if config.score_on_learners else config.shards * config.shard_cpus  # in the workers: none apart
+    cpus = math.ceil(config.learner_workers * config.learner_cpus + shard_cpus) + (os.cpu_count() or 1)
     try:
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     except ValueError as error:  # Ray found a cluster started on this machine with `ray start`
