@@ -11,7 +11,7 @@ For each shape it prints, per role, the device-seconds held, the device-seconds 
 and the run's wall time and top-1; the JSON goes to --out.
 
     .venv/bin/python benchmarks/trial_utilization.py [--config jobs/demo.yaml] [--epochs 20] [--shards 2]
-                                                      [--set KEY=VALUE ...]
+                                                      [--set KEY=VALUE ...] [--shapes NAME,NAME]
                                                       [--out benchmarks/results/trial_utilization_cpu.json]
 """
 
