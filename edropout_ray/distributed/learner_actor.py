@@ -24,6 +24,7 @@ import torch
 from ..config import Config
 from ..training.contract import StepResult
 from ..training.learner import Learner
+from ..training.run_setup import space_for
 from .data_parallel import GradientAverage, PeerLost, free_address, join_group
 from .learner_group import BatchPart, LearnerGroup, combine, split_batch
 from .liveness import ActorLostError, Liveness
@@ -32,8 +33,6 @@ from ..models import ModelRecipe
 from .shard import ShardPool
 from .usage import BusyClock, ProcessUsage
 from ..pruning.evaluation import EvaluationSums, evaluation_sums
-from ..pruning.scoring_options import ScoringOptions
-from ..pruning.space import PruningSpace
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,8 @@ class LearnerWorker:
         self.device = actor_device(device, "the learner")
         model = recipe.build().to(self.device)
         model.load_state_dict(initial_weights)
-        space = PruningSpace(model, example_inputs.to(self.device), scoring=config.scoring,
-                             options=ScoringOptions.of(config), keep_layers=tuple(config.keep_layers))
-        self.learner = Learner(space, config, total_steps=total_steps)
+        self.learner = Learner(space_for(model, example_inputs.to(self.device), config), config,
+                               total_steps=total_steps)
         self.energy, self.kappa = config.energy, config.kappa
         self.clock = BusyClock()
         with warnings.catch_warnings():  # Ray's own property warns about an API it uses internally

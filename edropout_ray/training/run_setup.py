@@ -17,6 +17,13 @@ from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
 
 
+def space_for(model: torch.nn.Module, example_inputs: torch.Tensor, config: Config) -> PruningSpace:
+    """`model`'s pruning space as `config` asks for it (scoring, its options, kept layers): the driver's and
+    every learner worker's alike."""
+    return PruningSpace(model, example_inputs, scoring=config.scoring, options=ScoringOptions.of(config),
+                        keep_layers=tuple(config.keep_layers))
+
+
 @dataclass
 class RunSetup:
     config: Config
@@ -37,8 +44,7 @@ class RunSetup:
 
     def new_space(self) -> PruningSpace:
         """The model of `new_model()` traced into its pruning space: how every entry point starts a run."""
-        return PruningSpace(self.new_model(), self.example_inputs(), scoring=self.config.scoring,
-                            options=ScoringOptions.of(self.config), keep_layers=tuple(self.config.keep_layers))
+        return space_for(self.new_model(), self.example_inputs(), self.config)
 
     def example_inputs(self) -> torch.Tensor:
         x, _ = next(iter(self.test_loader))
