@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from .distributed.placement import here, on_reserved_device
 from .errors import CheckpointError, ConfigError, DenseBaselineError, RunLostError
 from .training.dense import FOLDER as DENSE_FOLDER, train_dense
 from .training.loop import TrainLoop
+from .training.phase_cache import PhaseCache
 from .artifacts.onnx_model import require_onnx
 from .artifacts.latency_model import LatencyGoal, latency_model_for, macs_target_for_latency
 from .artifacts.report import build_report, write_report
@@ -58,13 +60,14 @@ def resume_config(output: Folder, given: Config | None) -> Config:
 
 
 def run(config: Config | None, output_dir: str | Path | Folder, progress: bool = True, *, resume: bool = False,
-        address: str | None = None, shared_mount: bool = False) -> dict:
+        address: str | None = None, shared_mount: bool = False, phase_cache: PhaseCache | None = None) -> dict:
     """Prune with the configured method, export the pruned model, write every artifact, return the report.
 
     `output_dir` is a local folder or a pyarrow.fs URI (s3://...): config and checkpoints are written
     there as the run goes; with a URI the other artifacts are made in a local folder, then uploaded.
     On a cluster a local folder must be on a mount every node sees (`shared_mount`), or the run is
-    refused before any work.
+    refused before any work. `phase_cache`: dense phases that other runs trained alike are read from it
+    (a baseline's dense pre-training, the dense reference; the result is the same bit for bit).
     """
     storage = open_folder(output_dir)
     if resume:
@@ -84,7 +87,7 @@ def run(config: Config | None, output_dir: str | Path | Folder, progress: bool =
     new_folder = storage.is_local and not Path(storage.path).exists()
     try:
         with storage.staged() as output:
-            report = _run(config, storage, output, payload, progress, address)
+            report = _run(config, storage, output, payload, progress, address, phase_cache)
     except BaseException:
         if new_folder:
             _remove_if_empty(Path(storage.path))
@@ -146,11 +149,11 @@ def _uses_ray(config: Config, address: str | None) -> bool:
 
 
 def _run(config: Config, storage: Folder, output: Path, payload: dict | None, progress: bool,
-         address: str | None) -> dict:
+         address: str | None, phase_cache: PhaseCache | None) -> dict:
     started = time.perf_counter()
     if "onnx" in config.export_formats:
         require_onnx()  # the config loads without onnx; the run stops before any work when it is missing
-    setup = prepare(on_reserved_device(config))  # a Ray task holding no GPU computes on the CPU
+    setup = replace(prepare(on_reserved_device(config)), phase_cache=phase_cache)  # a Ray task with no GPU: CPU
     space = setup.new_space()
     log.info("pruning space: %s", space.describe())
     checkpoint.save_config(storage, config)  # as given: a resume resolves a latency target again (from the cache)
@@ -196,6 +199,8 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
         report["dense_placement"] = dense["placement"]
     if dense_error is not None:
         report["dense_error"] = dense_error
+    if phase_cache is not None:  # phases read back took no time here: say so beside the run's seconds
+        report["phases_from_cache"] = phase_cache.hits
     write_report(report, output)
     return report
 
@@ -236,7 +241,11 @@ def _dense_baseline(setup: RunSetup, progress: bool, checkpoints: Folder) -> dic
     a trial), else a Ray task with the learner's resources, so a run's driver only coordinates.
     With `checkpoint_every` it checkpoints into `checkpoints` and continues from there."""
     if setup.config.shards == 0:
-        return train_dense(setup, progress, checkpoints) | {"placement": here()}
+        train = lambda: train_dense(setup, progress, checkpoints)  # noqa: E731
+        if setup.phase_cache is not None:  # the same for every size, budget and method of a model and seed
+            train = functools.partial(setup.phase_cache.phase, "dense_reference", setup.config, setup.config.epochs,
+                                      train, loader=setup.train_loader, seeds_itself=True)
+        return train() | {"placement": here()}
     from .distributed.placement import train_dense_on_ray
 
     return train_dense_on_ray(setup.config, progress, checkpoints)

@@ -111,6 +111,16 @@ def _train(space: PruningSpace, config: Config, setup: RunSetup, state: torch.Te
     return [row | {"label": label} for row in loop.epoch_rows], len(loop.epoch_rows) * epoch_steps
 
 
+def dense_phase(space: PruningSpace, config: Config, setup: RunSetup, steps: int) -> tuple[list[dict], int]:
+    """`_train` with every unit kept: read from the setup's phase cache when another run of the same model,
+    seed and training settings trained it (L1's and random's first half, at every size and budget)."""
+    all_kept = torch.ones(space.num_units, dtype=torch.bool)
+    train = lambda: _train(space, config, setup, all_kept, steps, None, "dense")  # noqa: E731
+    if setup.phase_cache is None:
+        return train()
+    return setup.phase_cache.phase("dense", config, steps, train, model=space.model, loader=setup.train_loader)
+
+
 def _phase_epochs(steps: int, per_epoch: int) -> tuple[int, int]:
     """(epochs, steps per epoch): `steps` split into as few equal epochs as fit in loader epochs of
     `per_epoch` steps, so a phase of any length is validated (and early-stopped) per epoch."""
@@ -207,8 +217,7 @@ def run_ranked(space: PruningSpace, config: Config, setup: RunSetup, criterion: 
     if criterion not in RANKING_CRITERIA:
         raise ValueError(f"ranking criterion must be one of {', '.join(RANKING_CRITERIA)}, got {criterion!r}")
     budget = _budget(setup)
-    all_kept = torch.ones(space.num_units, dtype=torch.bool)
-    rows, used = _train(space, config, setup, all_kept, budget // 2, None, "dense")
+    rows, used = dense_phase(space, config, setup, budget // 2)
     layer = layer_of_units(space)
     if criterion == "l1":
         scores = weight_l1_norms(space)

@@ -47,7 +47,7 @@ from ..pruning.modes import eval_mode, scoring_mode
 from ..pruning.sizing import fit_to_size, kept_summary
 from ..pruning.space import PruningSpace, UnitGroup
 from ..training.run_setup import PrunedRun, RunSetup
-from .pruners import _budget, _train, keep_top
+from .pruners import _budget, _train, dense_phase, keep_top
 from .unit_scores import layer_of_units
 
 ITERATIVE_IMPORTANCES = ("magnitude", "taylor")  # run_iterative's Torch-Pruning importances
@@ -233,7 +233,7 @@ def run_iterative(space: PruningSpace, config: Config, setup: RunSetup, importan
     pruner = make_pruner(space, scorer)
     budget = _budget(setup)
     state = torch.ones(space.num_units, dtype=torch.bool)
-    rows, used = _train(space, config, setup, state, budget // 4, None, "dense")
+    rows, used = dense_phase(space, config, setup, budget // 4)
     # Torch-Pruning's linear schedule of the pruned fraction, here of the parameters (or units)
     size = config.size_target
     schedule = tp.pruner.algorithms.scheduler.linear_scheduler(1 - (size[1] if size else config.prune_target), rounds)

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..models import ModelRecipe, is_torchvision_name
 from ..pruning.scoring_options import ScoringOptions
 from ..pruning.space import PruningSpace
+from .phase_cache import PhaseCache
 
 
 def space_for(model: torch.nn.Module, example_inputs: torch.Tensor, config: Config) -> PruningSpace:
@@ -32,6 +33,7 @@ class RunSetup:
     train_loader: object
     val_loader: object
     test_loader: object
+    phase_cache: PhaseCache | None = None  # dense phases trained once for many runs (training/phase_cache.py)
 
     @property
     def recipe(self) -> ModelRecipe:

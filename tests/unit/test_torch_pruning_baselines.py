@@ -10,6 +10,7 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
+from edropout_ray.baselines import pruners
 from edropout_ray.baselines import torch_pruning as tpb
 from edropout_ray.baselines.registry import run_baseline
 from edropout_ray.config import Config
@@ -42,6 +43,7 @@ def test_each_method_keeps_the_parameters_asked_for_and_pruned_units_never_move(
         return result
 
     monkeypatch.setattr(tpb, "_train", recording_train)
+    monkeypatch.setattr(pruners, "_train", recording_train)  # the dense first phase (pruners.dense_phase)
     step = Learner.step
     monkeypatch.setattr(Learner, "step", lambda self, *args: steps.append(1) or step(self, *args))
     config, setup, space = _digits(method)
