@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from edropout_ray.compare import BASELINES, compare
+from edropout_ray.compare import BASELINES, PHASE_CACHE, compare
 from edropout_ray.config import load_config
 
 CELL_MINUTES = "minutes.txt"  # a cell's wall time, so a matrix finished in several runs still adds up
@@ -88,7 +88,7 @@ def main(argv=None) -> None:
                 summary = pq.read_table(folder / "summary.parquet").to_pylist()
             else:
                 started = time.perf_counter()
-                summary = compare(config, folder, seeds, methods=methods)
+                summary = compare(config, folder, seeds, methods=methods, phase_cache=Path(args.output) / PHASE_CACHE)
                 (folder / CELL_MINUTES).write_text(f"{(time.perf_counter() - started) / 60:.2f}\n")
             minutes += float((folder / CELL_MINUTES).read_text())
             rows += [{"model": model, "size": size} | row for row in summary]

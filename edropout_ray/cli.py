@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     compare.add_argument("--address", help="join a Ray cluster; default: a local Ray")
     compare.add_argument("--methods", help="comma-separated methods besides edropout (default: all)")
+    compare.add_argument("--phase-cache", metavar="DIR", help="a folder where runs train alike dense phases once "
+                         "(shared by several comparisons of the same models and seeds; default: shared_phases "
+                         "in a local --output)")
 
     sweep = commands.add_parser("sweep", help="Ray Tune sweep over config keys (grid, random, ASHA, PBT)")
     sweep.add_argument("--config", help="sweep YAML: base, search, scheduler, ... (keys: docs/config.md)")
@@ -124,7 +127,7 @@ def _compare(args) -> None:
 
     folder = args.resume or args.output
     compare(config, folder, seeds, address=args.address, methods=methods, shared_mount=args.shared_mount,
-            resume=bool(args.resume))
+            resume=bool(args.resume), phase_cache=args.phase_cache)
     print(open_folder(folder).read_text("comparison.md"))
     print(f"written to {folder}/ (runs.parquet, summary.parquet, comparison.md, comparison.png)")
 

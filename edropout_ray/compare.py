@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ BASELINES = {
     "tp_magnitude": {"method": "tp_magnitude"},
     "tp_taylor": {"method": "tp_taylor"},
 }
+PHASE_CACHE = "shared_phases"  # in a local output: dense phases its runs share (training/phase_cache.py)
 COMPARE_FILE = "compare.json"  # the config, seeds and methods, for --resume
 REPORT_FILE = "report.json"  # a run's, written when it has finished
 METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_kept_fraction", "method_seconds",
@@ -45,22 +47,27 @@ METRICS = ("top1", "top5", "params_kept_fraction", "macs_kept_fraction", "units_
 REPORT_KEYS = {"method_seconds": "edropout_seconds"}  # a metric read from a report key of another name
 
 
-def _one_run(config_values: dict, folder: str) -> dict:
+def _one_run(config_values: dict, folder: str, phase_cache: str | None) -> dict:
     from .distributed.placement import on_reserved_device
     from .train import run
+    from .training.phase_cache import PhaseCache
 
     # the output was checked reachable from every node before the tasks started (compare's require_reachable)
-    report = run(on_reserved_device(Config.from_dict(config_values)), folder, progress=False, shared_mount=True)
+    report = run(on_reserved_device(Config.from_dict(config_values)), folder, progress=False, shared_mount=True,
+                 phase_cache=None if phase_cache is None else PhaseCache(phase_cache))
     report["units_kept_fraction"] = report["units_kept"] / report["units_total"]
     return report
 
 
 def compare(config: Config, output: str | Path | Folder, seeds: list[int], address: str | None = None,
-            methods: list[str] | None = None, shared_mount: bool = False, resume: bool = False) -> list[dict]:
+            methods: list[str] | None = None, shared_mount: bool = False, resume: bool = False,
+            phase_cache: str | Path | None = None) -> list[dict]:
     """Run EDropout and every other method (or those in `methods`) for every seed; write runs.parquet,
     summary.parquet, comparison.md and .png into `output` (a folder or a pyarrow.fs URI), every run in
     its own folder inside it (`<method>/seed<N>`). With `resume` a run whose report is there is not run
-    again (its report is read); the tables then hold every run."""
+    again (its report is read); the tables then hold every run. `phase_cache`: a folder on the machine where
+    the runs train alike dense phases once (training/phase_cache.py; default: `shared_phases` in a local
+    output, none for a URI)."""
     from .distributed.cluster import connect, require_reachable
     from .distributed.placement import learner_options
 
@@ -72,7 +79,10 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
                           f"{', '.join(BASELINES)}")
     baselines = {name: changes for name, changes in BASELINES.items() if methods is None or name in methods}
     output = open_folder(output)
-    connect(config.replace(shards=0), address)
+    if phase_cache is None and output.is_local:
+        phase_cache = Path(output.path) / PHASE_CACHE
+    # a local Ray runs one method's task a core: no more at once than the machine has cores
+    connect(config.replace(shards=0), address, cpus=max(os.cpu_count() or 1, math.ceil(config.learner_cpus)))
     require_reachable(output, shared_mount)
     if not resume:
         output.write_text(COMPARE_FILE, json.dumps({"config": config.to_dict(), "seeds": seeds, "methods": methods},
@@ -86,7 +96,7 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
             _progress(f"{name} seed {seed} finished earlier: its report in {folder} is reused")
             return ray.put(report)  # ready at once, as a task that has ended
         values = base | {"seed": seed, "dense_baseline": base["dense_baseline"] and name == "edropout"} | changes
-        return task.remote(values, str(folder))
+        return task.remote(values, str(folder), None if phase_cache is None else str(phase_cache))
 
     # a seed's baselines start as soon as its EDropout run ends (they need its size), so no CPU waits
     # for the other seeds' EDropout runs

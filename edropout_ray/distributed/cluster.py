@@ -13,11 +13,12 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def connect(config: Config, address: str | None = None) -> None:
+def connect(config: Config, address: str | None = None, cpus: int | None = None) -> None:
     """`address` 'auto' or 'ray://...' joins a cluster; inside `ray job submit` RAY_ADDRESS does it.
 
     Otherwise a local Ray starts with enough logical CPUs for the learner's workers, every shard and the
-    machine's own cores, so a laptop with fewer cores than actors still runs (they share the cores).
+    machine's own cores, so a laptop with fewer cores than actors still runs (they share the cores);
+    `cpus` sets the number instead (compare: one run a core, as many at once as there are cores).
     """
     import ray
 
@@ -29,7 +30,8 @@ def connect(config: Config, address: str | None = None) -> None:
     # the actors' reservations plus the machine's cores for everything else (Ray Data's decode tasks,
     # Tune's trials): with only the actors' share, streamed data would wait for a free CPU forever
     shard_cpus = 0 if config.score_on_learners else config.shards * config.shard_cpus  # in the workers: none apart
-    cpus = math.ceil(config.learner_workers * config.learner_cpus + shard_cpus) + (os.cpu_count() or 1)
+    if cpus is None:
+        cpus = math.ceil(config.learner_workers * config.learner_cpus + shard_cpus) + (os.cpu_count() or 1)
     try:
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     except ValueError as error:  # Ray found a cluster started on this machine with `ray start`
