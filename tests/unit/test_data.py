@@ -221,6 +221,29 @@ def test_mnist_like_reads_plain_and_gzipped_files_in_both_layouts(name, folder, 
     assert splits.train[0][1] == written["train-labels-idx1-ubyte"][index]
 
 
+def test_mnist_like_files_are_transformed_once_a_process_and_again_when_they_change(tmp_path, monkeypatch):
+    """A Ray worker runs one compare task after another: the second load of the same files and size reuses
+    the transformed images (each load still draws its own split); a changed file is read and transformed again."""
+    from edropout_ray.data import idx
+
+    transformed = []
+    real = idx.transformed_once
+    monkeypatch.setattr(idx, "transformed_once", lambda *args: transformed.append(1) or real(*args))
+    idx._transformed_splits.cache_clear()
+    written = write_idx_set(tmp_path)
+    first = load_dataset("fashion_mnist", tmp_path, seed=1)
+    second = load_dataset("fashion_mnist", tmp_path, seed=2)
+    assert len(transformed) == 2, "the train pool and the test set, once each"
+    assert first.train.indices != second.train.indices
+    assert all(torch.equal(first.test[i][0], second.test[i][0]) for i in range(len(first.test)))
+    changed = 255 - np.concatenate([written["t10k-images-idx3-ubyte"], written["t10k-images-idx3-ubyte"][:1]])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", changed)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(11) % 10)
+    third = load_dataset("fashion_mnist", tmp_path)
+    assert len(transformed) == 4 and len(third.test) == 11
+    assert torch.equal(third.test[0][0][0], torch.from_numpy(changed[0]).float() / 255)
+
+
 def test_flat_gzipped_folder_gives_the_same_data_as_torchvision_layout(tmp_path):
     written = write_idx_set(tmp_path / "tv" / "FashionMNIST" / "raw")
     for file, array in written.items():
