@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from typing import Callable
 
 import torch
 
@@ -115,10 +116,17 @@ def dense_phase(space: PruningSpace, config: Config, setup: RunSetup, steps: int
     """`_train` with every unit kept: read from the setup's phase cache when another run of the same model,
     seed and training settings trained it (L1's and random's first half, at every size and budget)."""
     all_kept = torch.ones(space.num_units, dtype=torch.bool)
-    train = lambda: _train(space, config, setup, all_kept, steps, None, "dense")  # noqa: E731
+    return cached_phase("dense", space, config, setup, steps,
+                        lambda: _train(space, config, setup, all_kept, steps, None, "dense"))
+
+
+def cached_phase(kind: str, space: PruningSpace, config: Config, setup: RunSetup, steps: int,
+                 train: Callable[[], tuple[list[dict], int]]) -> tuple[list[dict], int]:
+    """`train()`, a phase of `steps` steps from the model's current state that no pruning setting changes
+    (`kind` names whatever else it depends on), read from the setup's phase cache when it holds it."""
     if setup.phase_cache is None:
         return train()
-    return setup.phase_cache.phase("dense", config, steps, train, model=space.model, loader=setup.train_loader)
+    return setup.phase_cache.phase(kind, config, steps, train, model=space.model, loader=setup.train_loader)
 
 
 def _phase_epochs(steps: int, per_epoch: int) -> tuple[int, int]:

@@ -47,7 +47,7 @@ from ..pruning.modes import eval_mode, scoring_mode
 from ..pruning.sizing import fit_to_size, kept_summary
 from ..pruning.space import PruningSpace, UnitGroup
 from ..training.run_setup import PrunedRun, RunSetup
-from .pruners import _budget, _train, dense_phase, keep_top
+from .pruners import _budget, _train, cached_phase, dense_phase, keep_top
 from .unit_scores import layer_of_units
 
 ITERATIVE_IMPORTANCES = ("magnitude", "taylor")  # run_iterative's Torch-Pruning importances
@@ -213,8 +213,10 @@ def run_group_norm(space: PruningSpace, config: Config, setup: RunSetup, reg: fl
     budget = _budget(setup)
     pruner = make_pruner(space, tp.importance.GroupMagnitudeImportance(p=2), reg=reg)
     all_kept = torch.ones(space.num_units, dtype=torch.bool)
-    rows, used = _train(space, config, setup, all_kept, budget // 2, None, "sparse training",
-                        after_backward=pruner.regularize)
+    # the regularizer knows no target: one sparse training serves every size (through the phase cache)
+    rows, used = cached_phase(f"sparse-reg{reg:g}", space, config, setup, budget // 2,
+                              lambda: _train(space, config, setup, all_kept, budget // 2, None, "sparse training",
+                                             after_backward=pruner.regularize))
     state = prune_to(space, unit_scores(space, pruner, all_kept), all_kept, config.size_target,
                      config.prune_target)
     _say(config, f"pruned by group norm: {kept_summary(space, state)}")

@@ -1,4 +1,4 @@
-"""Test-set metrics of a masked network, and the baselines the paper reports beside it."""
+"""Test-set metrics of a pruned network (run at its size, or masked), and the baselines the paper reports beside it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evolution.population import repair_empty_groups
+from .at_size import run_at_size
 from .space import PruningSpace
 
 
@@ -37,10 +38,11 @@ def evaluation_sums(space: PruningSpace, state: torch.Tensor, batches, device: t
     was_training = model.training
     model.eval()
     sums = EvaluationSums()
+    forward = _forward(space, state)
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
-            logits = space.masked_forward(state, x)
+            logits = forward(x)
             sums.loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = ranked == y.unsqueeze(1)
@@ -50,6 +52,15 @@ def evaluation_sums(space: PruningSpace, state: torch.Tensor, batches, device: t
     finally:
         model.train(was_training)
     return sums
+
+
+def _forward(space: PruningSpace, state: torch.Tensor):
+    """The state's network at its own size where the space runs states at size (what its exported model
+    computes, at the exported model's cost; the tensors cut once for every batch), else masked."""
+    if bool(state.all()) or not space.at_size_supported or space.emptied_groups(state):
+        return lambda x: space.masked_forward(state, x)
+    tensors = space.compact_tensors(state)
+    return lambda x: run_at_size(space.model, tensors, x, space.sized_layers)
 
 
 def evaluate(space: PruningSpace, state: torch.Tensor, loader, device: torch.device) -> dict[str, float]:

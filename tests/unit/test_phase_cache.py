@@ -22,9 +22,11 @@ def _same_run(a, b, folder_a, folder_b) -> None:
     assert np.array_equal(np.load(folder_a / "final_mask.npy"), np.load(folder_b / "final_mask.npy"))
 
 
-@pytest.mark.parametrize("fills, reads", [("l1", "random"), ("tp_magnitude", "tp_taylor")])
+@pytest.mark.parametrize("fills, reads", [("l1", "random"), ("tp_magnitude", "tp_taylor"),
+                                          ("tp_group_norm", "tp_group_norm")])
 def test_a_baseline_reading_a_dense_phase_ends_as_one_that_trains_it(tmp_path, fills, reads):
-    """L1 and random share their dense half, the iterative pipelines their dense quarter, at any size."""
+    """L1 and random share their dense half, the iterative pipelines their dense quarter, at any size;
+    the group-norm pipeline's sparse training is the same at every size."""
     cache = PhaseCache(tmp_path / "phases")
     run(CONFIG.replace(method=fills, prune_target_params=0.5), tmp_path / "fills", progress=False, phase_cache=cache)
     assert (cache.hits, cache.misses) == (0, 1)
