@@ -77,11 +77,11 @@ def main(argv=None) -> None:
         raise SystemExit("the batches differ: the transformed-once images are not the per-sample ones")
     print(f"Fashion-MNIST at {args.size} px, batch {args.batch}: one run's reads ({TRAIN_STEPS} train batches, "
           f"{VALIDATIONS} validation passes, the test set), one thread")
-    print(f"per-sample transforms:                 {before:6.2f} s")
-    print(f"transformed once, a process's first run: {transform + first:6.2f} s ({transform:.2f} s transforming)"
-          f"  {(transform + first) / before:.2f}x")
-    print(f"transformed once, a later run:          {reload + later:6.2f} s  {(reload + later) / before:.2f}x")
-
+    rows = [("per-sample transforms", before, ""),
+            ("transformed once, a process's first run", transform + first, f" ({transform:.2f} s transforming)"),
+            ("transformed once, a later run", reload + later, "")]
+    for label, seconds, note in rows:
+        print(f"{label:<42}{seconds:6.2f} s  {seconds / before:.2f}x{note}")
 
 if __name__ == "__main__":
     main()
