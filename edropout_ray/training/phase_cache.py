@@ -9,6 +9,8 @@ tensors, the global random generator, the train loader's generator). Reading an 
 model and both generators as training would have, so a run that hits the cache ends bit for bit as
 one that trains the phase (tests/unit/test_phase_cache.py). Entries are local files, written whole
 (a temporary file renamed), so runs on one machine share a folder; an unreadable entry is trained again.
+The data files are named in the key (the config's dataset and data_dir) but not hashed: a cache folder
+belongs to one copy of the data, and entries are pickles, so a folder is only as trusted as its writer.
 """
 
 from __future__ import annotations
