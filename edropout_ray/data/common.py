@@ -158,7 +158,7 @@ class ArrayImages(Dataset):
 
 
 class TensorImages(Dataset):
-    """Images already transformed, [N, C, H, W] float32, with their labels: a deterministic transform
+    """Images already transformed, [N, C, H, W] floats, with their labels: a deterministic transform
     applied once to the whole set instead of to every sample of every epoch of every run."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
@@ -175,14 +175,16 @@ class TensorImages(Dataset):
 def transformed_once(dataset: ArrayImages, transform: Callable) -> TensorImages:
     """`dataset` with `transform` (no randomness in it) applied to each image now: the same tensors,
     bit for bit, as applying it per sample, the per-sample PIL work done once. A closing ToTensor of 8-bit
-    images is done for all of them at once (what it does to each: channels first, the default float type, divided by 255)."""
+    images is done for all of them at once (what it does to each: channels first, the default float type,
+    divided by 255)."""
     steps = list(transform.transforms) if isinstance(transform, T.Compose) else [transform]
     if isinstance(steps[-1], T.ToTensor):
         pil = T.Compose(steps[:-1])
         arrays = np.stack([np.asarray(pil(Image.fromarray(image))) for image in dataset.images])
         if arrays.dtype == np.uint8:
             channels_last = arrays[..., None] if arrays.ndim == 3 else arrays
-            images = torch.from_numpy(channels_last).permute(0, 3, 1, 2).contiguous().to(torch.get_default_dtype()).div(255)
+            images = torch.from_numpy(channels_last).permute(0, 3, 1, 2).contiguous()
+            images = images.to(torch.get_default_dtype()).div(255)
             return TensorImages(images, torch.as_tensor(dataset.labels))
     images = torch.stack([transform(Image.fromarray(image)) for image in dataset.images])
     return TensorImages(images, torch.as_tensor(dataset.labels))

@@ -1,4 +1,5 @@
-"""Test-set metrics of a pruned network (run at its size, or masked), and the baselines the paper reports beside it."""
+"""Test-set metrics of a pruned network (run at its own size, or masked), and the baselines the paper
+reports beside it."""
 
 from __future__ import annotations
 

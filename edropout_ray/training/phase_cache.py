@@ -72,8 +72,8 @@ class PhaseCache:
             return entry["result"]
         self.misses += 1
         result = train()
-        saved = {"result": result, "generators": _generators(loader),
-                 "model": None if model is None else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        weights = None if model is None else {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        saved = {"result": result, "generators": _generators(loader), "model": weights}
         self._write(path, saved)
         return result
 
@@ -115,7 +115,8 @@ def _key(kind: str, config: Config, steps: int, model, loader, seeds_itself: boo
     for name in sorted(state):
         if state[name] is not None:
             digest.update(name.encode())
-            digest.update(b"".join(_bytes(t) for t in (state[name] if isinstance(state[name], list) else [state[name]])))
+            tensors = state[name] if isinstance(state[name], list) else [state[name]]
+            digest.update(b"".join(_bytes(t) for t in tensors))
     return digest.hexdigest()[:24]
 
 
