@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -151,6 +150,7 @@ def _uses_ray(config: Config, address: str | None) -> bool:
 def _run(config: Config, storage: Folder, output: Path, payload: dict | None, progress: bool,
          address: str | None, phase_cache: PhaseCache | None) -> dict:
     started = time.perf_counter()
+    hits_before = phase_cache.hits if phase_cache is not None else 0  # a cache may serve several runs
     if "onnx" in config.export_formats:
         require_onnx()  # the config loads without onnx; the run stops before any work when it is missing
     setup = replace(prepare(on_reserved_device(config)), phase_cache=phase_cache)  # a Ray task with no GPU: CPU
@@ -200,7 +200,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
     if dense_error is not None:
         report["dense_error"] = dense_error
     if phase_cache is not None:  # phases read back took no time here: say so beside the run's seconds
-        report["phases_from_cache"] = phase_cache.hits
+        report["phases_from_cache"] = phase_cache.hits - hits_before
     write_report(report, output)
     return report
 
@@ -241,11 +241,13 @@ def _dense_baseline(setup: RunSetup, progress: bool, checkpoints: Folder) -> dic
     a trial), else a Ray task with the learner's resources, so a run's driver only coordinates.
     With `checkpoint_every` it checkpoints into `checkpoints` and continues from there."""
     if setup.config.shards == 0:
-        train = lambda: train_dense(setup, progress, checkpoints)  # noqa: E731
-        if setup.phase_cache is not None:  # the same for every size, budget and method of a model and seed
-            train = functools.partial(setup.phase_cache.phase, "dense_reference", setup.config, setup.config.epochs,
-                                      train, loader=setup.train_loader, seeds_itself=True)
-        return train() | {"placement": here()}
+        if setup.phase_cache is None:
+            return train_dense(setup, progress, checkpoints) | {"placement": here()}
+        # the same for every size, budget and method of a model and seed
+        dense = setup.phase_cache.phase("dense_reference", setup.config, setup.config.epochs,
+                                        lambda: train_dense(setup, progress, checkpoints),
+                                        loader=setup.train_loader, seeds_itself=True)
+        return dense | {"placement": here()}
     from .distributed.placement import train_dense_on_ray
 
     return train_dense_on_ray(setup.config, progress, checkpoints)

@@ -59,6 +59,8 @@ def test_the_dense_reference_is_trained_once_for_every_size(tmp_path):
     assert (read["dense_top1"], read["dense_test_loss"]) == (trained["dense_top1"], trained["dense_test_loss"])
     _same_run(read, trained, tmp_path / "reads", tmp_path / "trains")
     assert json.loads((tmp_path / "reads" / "report.json").read_text())["phases_from_cache"] == 1
+    again = run(other, tmp_path / "again", progress=False, phase_cache=cache)
+    assert again["phases_from_cache"] == 1, "a report counts its own run's reads, not the cache's"
 
 
 def test_an_unreadable_entry_is_trained_again_and_replaced(tmp_path, caplog):
