@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from .training.dense import FOLDER as DENSE_FOLDER, train_dense
 from .training.loop import TrainLoop
 from .training.phase_cache import PhaseCache
 from .artifacts.onnx_model import require_onnx
+from .artifacts.latency_fit import describe_fit, fit_to_latency
 from .artifacts.latency_model import LatencyGoal, latency_model_for, macs_target_for_latency
 from .artifacts.report import build_report, write_report
 from .training.run_setup import PrunedRun, RunSetup, prepare, steps_per_epoch
@@ -162,7 +164,7 @@ def _run(config: Config, storage: Folder, output: Path, payload: dict | None, pr
         config, latency_goal = resolve_latency_target(config, space, storage)
         setup = replace(setup, config=config)
     if config.method == "edropout":
-        pruned = _train_edropout(space, setup, storage, payload, progress, address)
+        pruned = _train_edropout(space, setup, storage, payload, progress, address, latency_goal)
     else:
         if payload is not None or config.shards:
             raise ConfigError(f"method {config.method!r} runs in one process without checkpoints: drop --resume "
@@ -219,9 +221,12 @@ def resolve_latency_target(config: Config, space: PruningSpace, folder: Folder) 
 
 
 def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payload: dict | None, progress: bool,
-                    address: str | None) -> PrunedRun:
-    """The EDropout loop on the configured runtime."""
+                    address: str | None, latency_goal: LatencyGoal | None = None) -> PrunedRun:
+    """The EDropout loop on the configured runtime; with a latency target the mask is timed when it
+    freezes and resized until its time meets the target (artifacts/latency_fit.py)."""
     engine = make_engine(space, setup, address)
+    if latency_goal is not None:
+        engine.on_freeze = partial(_fit_frozen_mask, space, latency_goal, setup.config.latency_repeats)
     try:
         loop = TrainLoop(engine, setup, "edropout", checkpoint_dir=output)
         if payload is not None:
@@ -234,6 +239,13 @@ def _train_edropout(space: PruningSpace, setup: RunSetup, output: Folder, payloa
     finally:
         engine.close()
     return PrunedRun(engine.best_state.clone(), loop.epoch_rows, loop.step_rows, engine.freeze_reason, resources)
+
+
+def _fit_frozen_mask(space: PruningSpace, goal: LatencyGoal, repeats: int, mask, resize) -> tuple:
+    fitted, rounds = fit_to_latency(space, mask, goal, resize, repeats)
+    words = describe_fit(rounds, goal.target)
+    log.warning("the frozen mask %s", words)
+    return fitted, words
 
 
 def _dense_baseline(setup: RunSetup, progress: bool, checkpoints: Folder) -> dict:

@@ -101,6 +101,9 @@ class EDropoutEngine:
         self.freeze_step: int | None = None  # the step by which the population freezes (set by plan())
         self.all_kept = torch.ones(space.num_units, dtype=torch.bool)
         self._pending: tuple[PendingStep, StepRecord] | None = None  # a step whose loss is not in yet
+        # called once, on the step the mask freezes, with the final mask and `resized`: the mask it returns
+        # replaces it and its words join the freeze reason (a latency target timed: artifacts/latency_fit.py)
+        self.on_freeze: Callable[[torch.Tensor, Callable], tuple[torch.Tensor, str]] | None = None
 
     def plan(self, total_steps: int) -> None:
         """The run's length in steps, known to the loop: `dense_warmup` is a share of it."""
@@ -219,9 +222,25 @@ class EDropoutEngine:
             result = pending.result()
             record.loss, record.accuracy = result.loss, result.accuracy
 
+    def resized(self, state: torch.Tensor, fraction: float) -> torch.Tensor:
+        """`state` brought to `fraction` of the size target's cost as the search brings its states to the
+        target (its own widths, or the uniform widths of that size)."""
+        cost = self.target[0] if self.target else "macs"
+        if self.kept_counts is not None:
+            counts = counts_for_size(self.space, fraction, self.config.channel_multiple, cost=cost)
+            return set_kept_counts(state.unsqueeze(0), self.space.group_sizes, counts, self.generator)[0]
+        return fit_states_to_size(self.space, state.unsqueeze(0), fraction, self.generator,
+                                  self.config.channel_multiple, cost=cost)[0]
+
     def _after_freeze(self, was_frozen: bool) -> None:
-        """`lr_after_freeze: restart`: the step that froze the mask rewinds the learning rate."""
-        if self.frozen and not was_frozen and self.config.lr_after_freeze == "restart":
+        """On the step that froze the mask: `on_freeze` may replace it; `lr_after_freeze: restart` rewinds
+        the learning rate."""
+        if not self.frozen or was_frozen:
+            return
+        if self.on_freeze is not None:
+            self.final_mask, words = self.on_freeze(self.final_mask, self.resized)
+            self.freeze_reason = f"{self.freeze_reason}; {words}"
+        if self.config.lr_after_freeze == "restart":
             self.learner.restart_schedule()
 
     def _record(self, epoch: int, state: torch.Tensor, accepted: int,
