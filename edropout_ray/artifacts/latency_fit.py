@@ -4,10 +4,12 @@ The latency model (latency_model.py) turns a latency target into MACs with a cur
 uniform widths. The widths a search keeps can take another time at the same MACs: on LeNet-5 the
 searched networks took 0.43 of the dense time where the curve predicted 0.50 (they keep the late,
 cheap units). So when the mask freezes, its exported network is timed against the dense one with
-the report's own code; when that misses the target by more than TOLERANCE, the curve is scaled by
-the measured/predicted ratio, the mask widened or narrowed to the MACs the scaled curve gives (as
-the search repairs its states: units added or dropped in a random order), and timed again, at
-most ROUNDS times. The timing closest to the target wins.
+the report's own code; when that misses the target by more than TOLERANCE, the mask's widths are
+all scaled by one factor (the engine's `resized`: the units it keeps stay, rounded to
+`channel_multiple`, since odd channel counts can cost more time than they save) to the MACs that
+the curve, scaled by the measured/predicted ratio, gives for the target, and timed again, at most
+ROUNDS times, bisecting between timings under and over the target. The timing closest to the
+target wins.
 """
 
 from __future__ import annotations
@@ -40,28 +42,43 @@ def measured_fraction(space: PruningSpace, state: torch.Tensor, batch: int, repe
 
 def fit_to_latency(space: PruningSpace, state: torch.Tensor, goal: LatencyGoal, resize: Resize,
                    repeats: int) -> tuple[torch.Tensor, list[dict]]:
-    """`state`, or a resized copy, whose measured time is closest to `goal.target`, and every timing
-    made on the way ([{"macs_fraction", "measured_fraction", "chosen"}], the first for `state` itself)."""
-    batch = goal.model.key["batch"]
+    """`state`, or `resize(state, fraction)` for some MACs fraction, whichever measured time is closest to
+    `goal.target`, and every timing made on the way ([{"macs_fraction", "measured_fraction", "chosen"}],
+    the first for `state` itself). The next size is interpolated between the largest timing under the
+    target and the smallest over it once both exist, else read off the latency curve scaled by this
+    mask's measured/predicted ratio; the fit stops when a size repeats (the widths move in steps)."""
     total = space.kept_macs(torch.ones_like(state, dtype=torch.bool))
     states, rounds = [], []
+    candidate = state
     for round_ in range(ROUNDS + 1):
-        macs = space.kept_macs(state) / total
-        measured = measured_fraction(space, state, batch, repeats)
-        states.append(state)
+        macs = space.kept_macs(candidate) / total
+        measured = measured_fraction(space, candidate, goal.model.key["batch"], repeats)
+        states.append(candidate)
         rounds.append({"macs_fraction": macs, "measured_fraction": measured, "chosen": False})
         log.info("latency fit: %.3f of the MACs takes %.3f of the dense time (target %.2f)", macs, measured,
                  goal.target)
         if abs(measured / goal.target - 1.0) <= TOLERANCE or round_ == ROUNDS:
             break
-        scale = measured / goal.model.latency_at(macs)  # how far this mask's widths are off the uniform curve
-        resized = resize(state, goal.model.macs_for(min(goal.target / scale, 1.0)))
-        if torch.equal(resized, state):  # the size cannot move in steps this small
+        candidate = resize(state, _next_size(rounds, goal))
+        if any(torch.equal(candidate, tried) for tried in states):
             break
-        state = resized
     best = min(range(len(rounds)), key=lambda i: abs(rounds[i]["measured_fraction"] - goal.target))
     rounds[best]["chosen"] = True
     return states[best], rounds
+
+
+def _next_size(rounds: list[dict], goal: LatencyGoal) -> float:
+    under = [r for r in rounds if r["measured_fraction"] <= goal.target]
+    over = [r for r in rounds if r["measured_fraction"] > goal.target]
+    if under and over:
+        low = max(under, key=lambda r: r["macs_fraction"])
+        high = min(over, key=lambda r: r["macs_fraction"])
+        if high["macs_fraction"] > low["macs_fraction"]:
+            share = (goal.target - low["measured_fraction"]) / (high["measured_fraction"] - low["measured_fraction"])
+            return low["macs_fraction"] + share * (high["macs_fraction"] - low["macs_fraction"])
+    last = rounds[-1]
+    scale = last["measured_fraction"] / goal.model.latency_at(last["macs_fraction"])  # this mask against the curve
+    return goal.model.macs_for(min(goal.target / scale, 1.0))
 
 
 def describe_fit(rounds: list[dict], target: float) -> str:

@@ -64,30 +64,46 @@ def state_with_counts(group_sizes, counts: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.arange(int(size)) < count for size, count in zip(group_sizes, counts)])
 
 
-def counts_for_size(space: PruningSpace, target: float, multiple: int = 1, cost: str = "params") -> torch.Tensor:
+def _rounded(exact: torch.Tensor, sizes: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Unit counts near `exact` per group: a multiple of `multiple` where the group is larger, 1..size."""
+    large = sizes > multiple
+    rounded = torch.where(large, (torch.round(exact / multiple) * multiple).clamp(min=multiple), torch.round(exact))
+    return rounded.clamp(min=1).minimum(sizes).long()
+
+
+def counts_for_size(space: PruningSpace, target: float, multiple: int = 1, cost: str = "params",
+                    exact: bool = True) -> torch.Tensor:
     """Units to keep per group so that a state keeps `target` of `cost`.
 
     First the same fraction of every group (a multiple of `multiple` where the group is larger),
-    bisected on that fraction; then single moves of `multiple` units (then of one unit, where blocks
-    of `multiple` cannot reach the target) in whichever group brings the size closest. Which units
-    does not matter for the count: the units of a group control slices of equal size.
+    bisected on that fraction; then (`exact`) single moves of `multiple` units (then of one unit, where
+    blocks of `multiple` cannot reach the target) in whichever group brings the size closest. The moves
+    can leave widths far from uniform and counts off the multiple; `exact=False` stops before them.
+    Which units does not matter for the count: the units of a group control slices of equal size.
     """
     sizes = torch.tensor(space.group_sizes)
 
     def state_of(counts: torch.Tensor) -> torch.Tensor:
         return state_with_counts(sizes, counts)
 
-    def uniform(fraction: float) -> torch.Tensor:
-        exact = fraction * sizes
-        large = sizes > multiple
-        rounded = torch.where(large, (torch.round(exact / multiple) * multiple).clamp(min=multiple), torch.round(exact))
-        return rounded.clamp(min=1).minimum(sizes).long()
-
-    state = fit_to_size(space, lambda f: state_of(uniform(f)), target, cost=cost)
+    state = fit_to_size(space, lambda f: state_of(_rounded(f * sizes, sizes, multiple)), target, cost=cost)
     counts = kept_per_group(state, space.group_sizes)
-    for step in dict.fromkeys((multiple, 1)):
-        counts = _closer_by_moves(space, counts, sizes, step, target, state_of, cost)
+    if exact:
+        for step in dict.fromkeys((multiple, 1)):
+            counts = _closer_by_moves(space, counts, sizes, step, target, state_of, cost)
     return counts
+
+
+def scaled_counts(space: PruningSpace, counts: torch.Tensor, target: float, multiple: int = 1,
+                  cost: str = "params") -> torch.Tensor:
+    """`counts` per group all scaled by one factor (rounded as counts_for_size rounds), the factor bisected
+    until the kept `cost` comes closest to `target`: a state's own widths, grown or shrunk together."""
+    sizes = torch.tensor(space.group_sizes)
+    # beyond the factor at which every group is whole (rounding would keep the last block of a group off)
+    largest = 1.25 * float((sizes / counts.clamp(min=1)).max())
+    state = fit_to_size(space, lambda f: state_with_counts(sizes, _rounded(counts * f * largest, sizes, multiple)),
+                        target, cost=cost)
+    return kept_per_group(state, space.group_sizes)
 
 
 def _closer_by_moves(space, counts, sizes, step, target, state_of, cost) -> torch.Tensor:

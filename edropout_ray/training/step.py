@@ -18,10 +18,10 @@ from ..config import Config
 from ..errors import CheckpointError
 from .contract import LearnerContract, StepResult
 from .learner import Learner
-from ..evolution.population import (Population, diversity, reference_operator, repair_empty_groups,
-                                    round_kept_counts, set_kept_counts)
+from ..evolution.population import (Population, diversity, kept_per_group, reference_operator,
+                                    repair_empty_groups, round_kept_counts, set_kept_counts)
 from ..pruning.evaluation import evaluate
-from ..pruning.sizing import counts_for_size, fit_states_to_size
+from ..pruning.sizing import counts_for_size, fit_states_to_size, scaled_counts
 from ..pruning.space import PruningSpace
 
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # energies on the CPU
@@ -223,14 +223,14 @@ class EDropoutEngine:
             record.loss, record.accuracy = result.loss, result.accuracy
 
     def resized(self, state: torch.Tensor, fraction: float) -> torch.Tensor:
-        """`state` brought to `fraction` of the size target's cost as the search brings its states to the
-        target (its own widths, or the uniform widths of that size)."""
+        """`state`'s widths all scaled by one factor until it keeps `fraction` of the size target's cost
+        (rounded to `channel_multiple`): the units it keeps stay, others are added (or dropped) in an order
+        drawn from the run's seed, so the states of every fraction are nested and a fit can bisect them."""
         cost = self.target[0] if self.target else "macs"
-        if self.kept_counts is not None:
-            counts = counts_for_size(self.space, fraction, self.config.channel_multiple, cost=cost)
-            return set_kept_counts(state.unsqueeze(0), self.space.group_sizes, counts, self.generator)[0]
-        return fit_states_to_size(self.space, state.unsqueeze(0), fraction, self.generator,
-                                  self.config.channel_multiple, cost=cost)[0]
+        counts = scaled_counts(self.space, kept_per_group(state, self.space.group_sizes), fraction,
+                               self.config.channel_multiple, cost=cost)
+        order = torch.Generator().manual_seed(self.config.seed)
+        return set_kept_counts(state.unsqueeze(0), self.space.group_sizes, counts, order)[0]
 
     def _after_freeze(self, was_frozen: bool) -> None:
         """On the step that froze the mask: `on_freeze` may replace it; `lr_after_freeze: restart` rewinds

@@ -81,3 +81,32 @@ def test_searched_widths_come_in_blocks_of_eight_where_the_target_allows(name):
             assert torch.equal(state, exact_state)
     assert abs(parameters_fraction(space, exact[0]) - 0.4) < 0.01
     assert in_blocks == len(states) if name == "resnet18" else 0 < in_blocks
+
+
+def test_uniform_counts_without_exact_moves_stay_near_uniform_and_on_the_multiple(space):
+    from edropout_ray.pruning.sizing import counts_for_size, size_fraction, state_with_counts
+
+    sizes = torch.tensor(space.group_sizes)  # LeNet-5: 20, 50, 500
+    for target in (0.3, 0.6):
+        counts = counts_for_size(space, target, 8, cost="macs", exact=False)
+        assert all(int(c) % 8 == 0 for c in counts), counts
+        shares = counts / sizes
+        assert float(shares.max() - shares.min()) < 0.3, f"far from one share of every group: {counts.tolist()}"
+        kept = size_fraction(space, state_with_counts(space.group_sizes, counts), "macs")
+        assert abs(kept - target) < 0.1
+    exact = counts_for_size(space, 0.6, 8, cost="macs")  # the moves may leave widths far apart for an exact size
+    assert abs(size_fraction(space, state_with_counts(space.group_sizes, exact), "macs") - 0.6) < 0.01
+
+
+def test_scaled_counts_grow_and_shrink_a_states_widths_together(space):
+    from edropout_ray.pruning.sizing import scaled_counts, size_fraction, state_with_counts
+
+    own = torch.tensor([8, 40, 376])
+    before = size_fraction(space, state_with_counts(space.group_sizes, own), "macs")
+    for target in (before * 1.25, before * 0.7):
+        counts = scaled_counts(space, own, target, 8, cost="macs")
+        kept = size_fraction(space, state_with_counts(space.group_sizes, counts), "macs")
+        assert abs(kept - target) < 0.06 and all(int(c) % 8 == 0 or int(c) == s for c, s in zip(counts, (20, 50, 500)))
+        grew = target > before
+        assert all((int(c) >= int(o)) if grew else (int(c) <= int(o)) for c, o in zip(counts, own)), counts.tolist()
+    assert scaled_counts(space, own, 1.0, 8, cost="macs").tolist() == [20, 50, 500]
