@@ -121,8 +121,9 @@ def earlier_cells(path: Path, models: list[str], sizes: list[float]) -> dict:
 
 
 BUDGET_WORDS = {"params": "parameters", "macs": "MACs",
-                "latency": "dense model's latency at batch {batch} on this machine (EDropout's runs; the other methods "
-                           "held to the MACs EDropout's latency model gave)"}
+                "latency": "dense model's latency at batch {batch} on this machine (EDropout's runs, their masks "
+                           "timed and resized when they froze; the other methods held to the MACs the same seed's "
+                           "EDropout run ended with)"}
 
 
 def markdown(rows: list[dict], config, seeds: list[int], minutes: float | None, budget: str = "params") -> str:

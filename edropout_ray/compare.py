@@ -109,7 +109,7 @@ def compare(config: Config, output: str | Path | Folder, seeds: list[int], addre
         _progress(f"EDropout done for seed {seed}; running {', '.join(baselines) or 'nothing else'} for it")
         # held to the size (not only the units) that the same seed's EDropout kept: its MACs when the
         # comparison is held to a MACs target, else its parameters
-        # (a latency target: the MACs that EDropout's latency model gave, so every method is timed at one size)
+        # (a latency target: the MACs EDropout ended with once its frozen mask was timed and resized)
         by_macs = base.get("prune_target_macs") is not None or base.get("prune_target_latency") is not None
         kept = {"prune_target_macs": report["macs_kept_fraction"], "prune_target_params": None,
                 "prune_target_latency": None} if by_macs else {"prune_target_params": report["params_kept_fraction"]}

@@ -43,18 +43,22 @@ def measured_fraction(space: PruningSpace, state: torch.Tensor, batch: int, repe
 def fit_to_latency(space: PruningSpace, state: torch.Tensor, goal: LatencyGoal, resize: Resize,
                    repeats: int) -> tuple[torch.Tensor, list[dict]]:
     """`state`, or `resize(state, fraction)` for some MACs fraction, whichever measured time is closest to
-    `goal.target`, and every timing made on the way ([{"macs_fraction", "measured_fraction", "chosen"}],
-    the first for `state` itself). The next size is interpolated between the largest timing under the
-    target and the smallest over it once both exist, else read off the latency curve scaled by this
-    mask's measured/predicted ratio; the fit stops when a size repeats (the widths move in steps)."""
+    `goal.target`, and every timing made on the way ([{"macs_fraction", "measured_fraction", "chosen",
+    "nested"}], the first for `state` itself). The next size is interpolated between the largest timing
+    under the target and the smallest over it once both exist among the nested states (the resized ones,
+    and `state` if resizing it to its own size keeps it), else read off the latency curve scaled by the
+    last mask's measured/predicted ratio; the fit stops when a size repeats (the widths move in steps)."""
     total = space.kept_macs(torch.ones_like(state, dtype=torch.bool))
     states, rounds = [], []
     candidate = state
     for round_ in range(ROUNDS + 1):
         macs = space.kept_macs(candidate) / total
         measured = measured_fraction(space, candidate, goal.model.key["batch"], repeats)
+        # a frozen mask off the multiple (the search keeps exact widths where rounded ones miss its size)
+        # can be slower than the rounded masks on either side of it: no bracket for them
+        nested = round_ > 0 or torch.equal(resize(state, macs), state)
         states.append(candidate)
-        rounds.append({"macs_fraction": macs, "measured_fraction": measured, "chosen": False})
+        rounds.append({"macs_fraction": macs, "measured_fraction": measured, "chosen": False, "nested": nested})
         log.info("latency fit: %.3f of the MACs takes %.3f of the dense time (target %.2f)", macs, measured,
                  goal.target)
         if abs(measured / goal.target - 1.0) <= TOLERANCE or round_ == ROUNDS:
@@ -68,8 +72,8 @@ def fit_to_latency(space: PruningSpace, state: torch.Tensor, goal: LatencyGoal, 
 
 
 def _next_size(rounds: list[dict], goal: LatencyGoal) -> float:
-    under = [r for r in rounds if r["measured_fraction"] <= goal.target]
-    over = [r for r in rounds if r["measured_fraction"] > goal.target]
+    under = [r for r in rounds if r["nested"] and r["measured_fraction"] <= goal.target]
+    over = [r for r in rounds if r["nested"] and r["measured_fraction"] > goal.target]
     if under and over:
         low = max(under, key=lambda r: r["macs_fraction"])
         high = min(over, key=lambda r: r["macs_fraction"])

@@ -4,15 +4,16 @@ A run with `prune_target_latency: f` wants its exported network to take f of the
 per batch of `latency_target_batch` on the device it trains on. Time is not a sum over units that a
 state could be held to at every step, so the run measures once how the exported network's time
 follows its MACs on that device: the network at several widths (the same fraction of every coupled
-group, rounded to `channel_multiple`, near each of WIDTHS' MACs), each exported and timed against the dense one (interleaved,
-median of paired ratios: artifacts/latency.py). Latency is made monotone in MACs (a running maximum
-from the smallest width up) and inverted by linear interpolation: the target's MACs fraction then
-holds every state, as `prune_target_macs` does. The model is cached in the run's output
+group, rounded to `channel_multiple`, near each of WIDTHS' MACs), each exported and timed against the
+dense one (interleaved, median of paired ratios: artifacts/latency.py). Latency is made monotone in
+MACs (a running maximum from the smallest width up) and inverted by linear interpolation: the target's
+MACs fraction then holds every state, as `prune_target_macs` does. The model is cached in the run's output
 (`latency_model.json`) and reused by a resume on the same model, input, batch, device and threads.
 
 What this model cannot see: two states with the same MACs and different widths per layer can differ
-in time (channel counts a kernel likes or not). The report times the final exported model against
-the target and says when it missed by more than the measurement's spread.
+in time (channel counts a kernel likes or not). So the frozen mask is timed and resized
+(latency_fit.py), and the report times the final exported model against the target and says when it
+missed by more than the measurement's spread.
 """
 
 from __future__ import annotations

@@ -109,3 +109,25 @@ def test_the_hook_replaces_the_mask_once_on_the_freezing_step_and_a_resume_keeps
     resumed.load_state_dict(saved)
     resumed.step(x, y, epoch=0)
     assert len(seen) == 1 and torch.equal(resumed.final_mask, engine.final_mask), "a resume does not fit again"
+
+
+def test_a_frozen_mask_off_the_multiple_and_slow_brackets_nothing(digits_batch, monkeypatch):
+    x, _ = digits_batch
+    engine = engine_for(x, channel_multiple=8)
+    counts = torch.tensor([13, 27, 61, 70])  # small_cnn (groups of 32, 64, 128, 128) at odd widths
+    from edropout_ray.evolution.population import set_kept_counts
+
+    frozen = set_kept_counts(torch.ones(1, engine.space.num_units, dtype=torch.bool), engine.space.group_sizes, counts,
+                             torch.Generator().manual_seed(1))[0]
+    macs = size_fraction(engine.space, frozen, "macs")
+    assert not torch.equal(engine.resized(frozen, macs), frozen), "the test needs a mask the rounding would change"
+
+    def measured(space_, state, batch, repeats):  # odd widths run slow here; rounded ones at 0.8 of the curve
+        return 0.62 if torch.equal(state, frozen) else 0.8 * size_fraction(engine.space, state, "macs")
+
+    monkeypatch.setattr(latency_fit, "measured_fraction", measured)
+    fitted, rounds = fit_to_latency(engine.space, frozen, LatencyGoal(0.5, UNIFORM_CURVE), engine.resized, repeats=5)
+    assert [r["nested"] for r in rounds][:2] == [False, True]
+    # with the slow mask as the bracket's upper end the fit would have stayed below 0.5 of the MACs
+    assert abs(rounds[-1]["measured_fraction"] / 0.5 - 1) <= latency_fit.TOLERANCE and rounds[-1]["chosen"], rounds
+    assert size_fraction(engine.space, fitted, "macs") > macs
