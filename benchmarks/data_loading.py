@@ -83,5 +83,6 @@ def main(argv=None) -> None:
     for label, seconds, note in rows:
         print(f"{label:<42}{seconds:6.2f} s  {seconds / before:.2f}x{note}")
 
+
 if __name__ == "__main__":
     main()

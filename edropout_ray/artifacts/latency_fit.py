@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from ..pruning.sizing import size_fraction
 from ..pruning.space import PruningSpace
 from .latency import compare_latency
 from .latency_model import LatencyGoal
@@ -48,11 +49,10 @@ def fit_to_latency(space: PruningSpace, state: torch.Tensor, goal: LatencyGoal, 
     under the target and the smallest over it once both exist among the nested states (the resized ones,
     and `state` if resizing it to its own size keeps it), else read off the latency curve scaled by the
     last mask's measured/predicted ratio; the fit stops when a size repeats (the widths move in steps)."""
-    total = space.kept_macs(torch.ones_like(state, dtype=torch.bool))
     states, rounds = [], []
     candidate = state
     for round_ in range(ROUNDS + 1):
-        macs = space.kept_macs(candidate) / total
+        macs = size_fraction(space, candidate, "macs")
         measured = measured_fraction(space, candidate, goal.model.key["batch"], repeats)
         # a frozen mask off the multiple (the search keeps exact widths where rounded ones miss its size)
         # can be slower than the rounded masks on either side of it: no bracket for them
